@@ -1,0 +1,5 @@
+import sys
+
+from raysl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""`raysl` command line: prepare, validate, train, sweep. Thin: parse, call, print.
+
+Every user error (a bad file, a bad field, missing data) is printed as one clear message naming the
+file and field, with a non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from raysl.config import (
+    KINDS, RunConfig, SweepConfig, detect_file_kind, load_run_config, load_sweep_config, read_yaml,
+)
+from raysl.errors import UserError
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def resolve_data(run: RunConfig) -> str:
+    """The prepared dataset's URI: data.path, or a cached copy of data.kind prepared on first use."""
+    from raysl.data.prepare import ensure_prepared, read_manifest
+
+    if run.data.path:
+        try:
+            read_manifest(run.data.path)
+        except UserError as error:
+            raise UserError(f"data.path: {error}") from None
+        return run.data.path
+    cache_dir = os.path.expanduser(run.data.cache_dir)
+    return ensure_prepared(run.data.kind, run.data.source, cache_dir, image_size=run.data.image_size, log=_log)
+
+
+def _start_ray(*, quiet: bool) -> None:
+    """Connect to RAY_ADDRESS's cluster (also set under `ray job submit`), else start an embedded local
+    Ray with the dashboard on (it runs the cleaner that frees a stopped trial's placement group)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    options = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
+    if os.environ.get("RAY_ADDRESS"):
+        _log(f"connecting to the Ray cluster at {os.environ['RAY_ADDRESS']}")
+        ray.init(**options)
+    else:
+        _log("starting an embedded local Ray (set RAY_ADDRESS to use a cluster)")
+        ray.init(include_dashboard=True, **options)
+
+
+def _stop_ray() -> None:
+    """Shut Ray down so its late log lines come before ours, and the path stays the last line."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _gpu_check(run: RunConfig, field: str) -> None:
+    if run.resources.gpus_per_worker > 0 and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"{field}: gpus_per_worker is {run.resources.gpus_per_worker:g} but this machine has no CUDA GPU")
+
+
+def command_prepare(args: argparse.Namespace) -> None:
+    from raysl.data.prepare import prepare
+
+    prepare(
+        args.kind, args.source, args.out, image_size=args.image_size, test_fraction=args.test_fraction,
+        seed=args.seed, strict=args.strict, download=args.download, workers=args.workers,
+        progress=not args.no_progress, unlabeled=args.unlabeled,
+    )
+
+
+def command_validate(args: argparse.Namespace) -> None:
+    kind = detect_file_kind(read_yaml(args.config))
+    if kind == "sweep":
+        sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
+        from raysl.ray_glue.tune import count_trials  # imports Ray's modules but starts nothing
+
+        _log(f"{args.config}: valid sweep config ({count_trials(sweep)} trials, {len(sweep.search)} searched keys)")
+    else:
+        load_run_config(args.config, args.set, smoke=args.smoke)
+        _log(f"{args.config}: valid run config")
+
+
+def command_train(args: argparse.Namespace) -> None:
+    if detect_file_kind(read_yaml(args.config)) == "sweep":
+        raise UserError(f"{args.config}: this is a sweep file (it has base/search/scheduler); run it with `raysl sweep`")
+    run = load_run_config(args.config, args.set, smoke=args.smoke)
+    _gpu_check(run, "resources")
+    data_uri = resolve_data(run)
+    if args.local:
+        from raysl.training.local import train_in_process
+
+        path = train_in_process(run, data_uri, git_commit=_git_commit(), log=_log)
+        _log(path)
+        return
+    _start_ray(quiet=False)
+    from raysl.ray_glue.train import build_trainer, configure_data_context
+    from raysl.ray_glue.tune import _absolute
+
+    configure_data_context()
+    storage = _absolute(run.storage_path)
+    trainer = build_trainer(run, data_uri, storage_path=storage, name=run.name, git_commit=_git_commit(), label=run.name)
+    try:
+        result = trainer.fit()
+    finally:
+        _stop_ray()
+    metrics = result.metrics or {}
+    _log(f"done: {metrics.get('epoch', '?')} epochs, knn_top1 {metrics.get('knn_top1', float('nan')):.4f}")
+    _log(result.path)
+
+
+def command_sweep(args: argparse.Namespace) -> None:
+    if detect_file_kind(read_yaml(args.config)) == "run":
+        raise UserError(f"{args.config}: this is a run config (no base/search/scheduler); run it with `raysl train`")
+    sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
+    _gpu_check(sweep.base, "base.resources")
+    from raysl.ray_glue.tune import check_cpu_budget, run_sweep
+
+    if not os.environ.get("RAY_ADDRESS"):
+        check_cpu_budget(sweep, float(os.cpu_count() or 1), "this machine")
+    data_uri = resolve_data(sweep.base)
+    _start_ray(quiet=True)
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        check_cpu_budget(sweep, ray.cluster_resources().get("CPU", 0.0), "the cluster")
+    try:
+        path = run_sweep(sweep, data_uri, git_commit=_git_commit(), resume=args.resume, log=_log)
+    finally:
+        _stop_ray()
+    _log(path)  # the last line: the experiment directory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysl", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="turn a raw dataset into Parquet shards + manifest")
+    prepare.add_argument("kind", choices=KINDS)
+    prepare.add_argument("source", nargs="?", help="raw files' directory (fashion-mnist: Debian's by default)")
+    prepare.add_argument("--out", required=True, help="output directory or URI (s3://, gs://)")
+    prepare.add_argument("--image-size", type=int, help="resize every image to SIZE x SIZE")
+    prepare.add_argument("--test-fraction", type=float, default=0.1, help="image folders without train/test dirs")
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--strict", action="store_true", help="any undecodable image is an error")
+    prepare.add_argument("--download", action="store_true", help="fetch the raw files first (needs internet)")
+    prepare.add_argument("--unlabeled", action="store_true", help="image folder without class subfolders")
+    prepare.add_argument("--workers", type=int, help="parallel decoders (default: all cores)")
+    prepare.add_argument("--no-progress", action="store_true")
+    prepare.set_defaults(handler=command_prepare)
+
+    for name, handler, help_text in (
+        ("validate", command_validate, "check a run or sweep file without starting Ray"),
+        ("train", command_train, "run one pretraining run (Ray Train)"),
+        ("sweep", command_sweep, "run a Ray Tune sweep (ASHA on kNN top-1)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("config", help="YAML file")
+        command.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (value is YAML); repeatable")
+        command.add_argument("--smoke", action="store_true", help="a few hundred images, one epoch (two trials for a sweep)")
+        command.set_defaults(handler=handler)
+        if name == "sweep":
+            command.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
+        if name == "train":
+            command.add_argument("--local", action="store_true", help="train in this process, without Ray (debugging)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

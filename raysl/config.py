@@ -1,0 +1,517 @@
+"""The one typed schema: every config field of a run and a sweep, with every default, in one place.
+
+A *run* config (what `raysl train` takes, and a sweep's `base`) says what to pretrain and how; a *sweep*
+config adds a search space of dotted keys into the run config, a scheduler and trial resources.
+Files are YAML read with `yaml.safe_load` only. Everything is validated before Ray starts: a problem
+raises `UserError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raysl.errors import UserError
+
+KINDS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder")
+DatasetKind = Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder"]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+class Schema(BaseModel):
+    """Base of every config section: unknown keys are errors, at any depth."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- run config
+
+
+class DataConfig(Schema):
+    kind: DatasetKind | None = "fashion-mnist"
+    """A known dataset kind, prepared on first use into `cache_dir` when `path` is not given."""
+    source: str | None = None
+    """Where the raw files of `kind` are (None: the kind's default, e.g. Debian's Fashion-MNIST)."""
+    path: str | None = None
+    """A dataset made by `raysl prepare` (local path or s3:// / gs:// URI); wins over `kind`."""
+    cache_dir: str = "~/.cache/raysl/datasets"
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
+    train_limit: Annotated[int, Field(ge=1)] | None = None
+    """Pretrain on the first N train images only (used by --smoke)."""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> DataConfig:
+        if self.path is None and self.kind is None:
+            raise ValueError("give data.path (a prepared dataset) or data.kind (a dataset to prepare)")
+        if self.path is None and self.kind == "image-folder" and self.source is None:
+            raise ValueError("data.kind image-folder needs data.source (the folder)")
+        return self
+
+
+class ModelConfig(Schema):
+    backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
+    width: Annotated[int, Field(ge=4, le=512)] = 32
+    """Channels of the small CNN's first stage (doubles per stage); ignored by resnet18."""
+    projector_hidden: Annotated[int, Field(ge=8)] = 512
+    projector_out: Annotated[int, Field(ge=8)] = 128
+
+
+class SimCLRConfig(Schema):
+    name: Literal["simclr"] = "simclr"
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 0.5
+
+
+# Later methods join this union (discriminated by `name`).
+MethodConfig = SimCLRConfig
+
+
+class OptimizerConfig(Schema):
+    name: Literal["sgd", "lars", "adamw"] = "adamw"
+    lr: Annotated[float, Field(gt=0.0, le=100.0)] = 2e-3
+    """Learning rate for the global batch (no implicit scaling)."""
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """SGD / LARS momentum (AdamW uses beta1 = 0.9)."""
+    lars_trust: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+
+
+class ScheduleConfig(Schema):
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 1.0
+    """Linear warm-up from 0, then cosine decay to `final_lr_ratio` x lr at the last step."""
+    final_lr_ratio: Fraction = 0.0
+
+
+class CropSpec(Schema):
+    count: Annotated[int, Field(ge=1, le=16)] = 2
+    size: Annotated[int, Field(ge=8, le=1024)] = 28
+    scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.3, 1.0)
+    ratio: tuple[Positive, Positive] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CropSpec:
+        if self.scale[0] > self.scale[1]:
+            raise ValueError(f"scale lower bound {self.scale[0]} exceeds upper bound {self.scale[1]}")
+        if self.ratio[0] > self.ratio[1]:
+            raise ValueError(f"ratio lower bound {self.ratio[0]} exceeds upper bound {self.ratio[1]}")
+        return self
+
+
+class ColorJitterConfig(Schema):
+    prob: Fraction = 0.8
+    brightness: Fraction = 0.4
+    contrast: Fraction = 0.4
+    saturation: Fraction = 0.4
+    """Colour images only, like hue and grayscale."""
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+
+
+class BlurConfig(Schema):
+    prob: Fraction = 0.0
+    sigma: tuple[Positive, Positive] = (0.1, 2.0)
+
+
+class ViewsConfig(Schema):
+    """Random views as data: crop specs, then flip, colour jitter, grayscale, blur (per view)."""
+
+    crops: list[CropSpec] = Field(default_factory=lambda: [CropSpec()], min_length=1)
+    flip: Fraction = 0.5
+    color_jitter: ColorJitterConfig = Field(default_factory=ColorJitterConfig)
+    grayscale: Fraction = 0.2
+    blur: BlurConfig = Field(default_factory=BlurConfig)
+
+    @property
+    def num_views(self) -> int:
+        return sum(spec.count for spec in self.crops)
+
+
+class EvaluationConfig(Schema):
+    """kNN monitor: clean train split as the bank, test split as queries, cosine, weighted vote."""
+
+    knn_k: Annotated[int, Field(ge=1)] = 200
+    knn_temperature: Positive = 0.1
+    bank_limit: Annotated[int, Field(ge=1)] | None = None
+    """Use the first N train images as the bank (None: all; the protocol uses all)."""
+    query_limit: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+
+
+class ResourcesConfig(Schema):
+    workers: Annotated[int, Field(ge=1)] = 1
+    cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0.0)] = 0.0
+    data_cpus: Annotated[float, Field(gt=0.0)] = 0.5
+    """CPUs each Ray Data augmentation task reserves; CPUs not reserved by trials run these tasks."""
+    torch_threads: Annotated[int, Field(ge=1)] | None = None
+    """Threads per Train worker (None: ceil(cpus_per_worker))."""
+
+
+class RunConfig(Schema):
+    """One pretraining run: what `raysl train` takes and what a sweep's `base` holds."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=SimCLRConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    epochs: Annotated[int, Field(ge=1, le=100000)] = 10
+    batch_size: Annotated[int, Field(ge=2)] = 256
+    """Global batch (images, not views), split evenly over workers."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU, fp32 on CPU."""
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    storage_path: str = "./results"
+    name: str = "train"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.batch_size % self.resources.workers:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of resources.workers {self.resources.workers}"
+            )
+        if self.method.name == "simclr":
+            sizes = {spec.size for spec in self.views.crops}
+            if self.views.num_views != 2 or len(sizes) != 1:
+                raise ValueError("simclr needs exactly 2 views of one size (views.crops: one spec with count 2)")
+        if self.schedule.warmup_epochs > self.epochs:
+            raise ValueError(f"schedule.warmup_epochs {self.schedule.warmup_epochs} exceeds epochs {self.epochs}")
+        return self
+
+
+# ----------------------------------------------------------------------------- sweep config
+
+
+class SearchDistribution(Schema):
+    """Exactly one of: choice / grid (lists of values), uniform / loguniform [low, high],
+    randint [low, high) and qrandint [low, high, q] (high inclusive, as in Ray Tune)."""
+
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    grid: list[Any] | None = Field(default=None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[Positive, Positive] | None = None
+    randint: tuple[int, int] | None = None
+    qrandint: tuple[int, int, Annotated[int, Field(ge=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchDistribution:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of choice, grid, uniform, loguniform, randint, qrandint"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        kind = given[0]
+        bounds = getattr(self, kind)
+        if kind in ("uniform", "loguniform", "qrandint") and bounds[0] > bounds[1]:
+            raise ValueError(f"{kind}: low {bounds[0]} exceeds high {bounds[1]}")
+        if kind == "randint" and bounds[0] >= bounds[1]:
+            raise ValueError(f"randint: low {bounds[0]} must be below high {bounds[1]} (high is exclusive)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    def values_to_check(self) -> list[Any]:
+        """Every value a search can draw (choice, grid) or its extremes (ranges)."""
+        kind, args = self.kind, getattr(self, self.kind)
+        if kind in ("choice", "grid"):
+            return list(args)
+        if kind == "randint":
+            return [args[0], args[1] - 1]
+        if kind == "qrandint":
+            low = math.ceil(args[0] / args[2]) * args[2]
+            high = math.floor(args[1] / args[2]) * args[2]
+            return [low, high]
+        return [args[0], args[1]]
+
+
+class ASHAConfig(Schema):
+    name: Literal["asha"] = "asha"
+    max_t: Annotated[int, Field(ge=1)] | None = None
+    """Most epochs a trial runs (None: base.epochs)."""
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
+
+
+class FIFOConfig(Schema):
+    name: Literal["fifo"] = "fifo"
+
+
+SchedulerConfig = Annotated[Union[ASHAConfig, FIFOConfig], Field(discriminator="name")]
+
+# Fields that set where and how a run executes, not what it learns: never searched.
+NOT_SEARCHABLE = ("resources", "storage_path", "name", "checkpoints_to_keep")
+
+
+class SweepConfig(Schema):
+    base: RunConfig = Field(default_factory=RunConfig)
+    search: dict[str, SearchDistribution] = Field(default_factory=dict)
+    scheduler: SchedulerConfig = Field(default_factory=ASHAConfig)
+    num_samples: Annotated[int, Field(ge=1)] = 1
+    """Samples of the search space (each grid point is repeated num_samples times, as in Ray Tune)."""
+    max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
+    storage_path: str = "./results"
+    name: str = "sweep"
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        if isinstance(self.scheduler, ASHAConfig):
+            max_t = self.scheduler.max_t or self.base.epochs
+            if self.scheduler.grace_period > max_t:
+                raise ValueError(f"scheduler.grace_period {self.scheduler.grace_period} exceeds max_t {max_t}")
+        return self
+
+    @property
+    def max_epochs(self) -> int:
+        if isinstance(self.scheduler, ASHAConfig) and self.scheduler.max_t:
+            return min(self.scheduler.max_t, self.base.epochs)
+        return self.base.epochs
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_location(location: tuple[Any, ...]) -> str:
+    # pydantic puts union member tags (e.g. 'asha') into locations; they help, so keep them.
+    return ".".join(str(part) for part in location) or "(top level)"
+
+
+def _validation_message(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for item in error.errors():
+        field = _format_location(item["loc"])
+        if prefix:
+            field = f"{prefix}.{field}" if item["loc"] else prefix
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "union_tag_invalid" or item["type"] == "literal_error":
+            message = item["msg"]
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; every problem is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        raise UserError(f"{path}: the file is empty (expected a mapping of config fields)")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of config fields, not a {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, *, source: str = "--set") -> None:
+    """Set `a.b.c` (list items by index: `views.crops.0.size`) in nested dicts, creating mappings."""
+    parts = key.split(".")
+    if not key or any(part == "" for part in parts):
+        raise UserError(f"{source}: '{key}' is not a dotted key")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{source}: {where}: no list item {part}")
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise UserError(f"{source}: {where}: cannot set a field inside a {type(node).__name__}")
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise UserError(f"{source}: {key}: no list item {last}")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UserError(f"{source}: {key}: cannot set a field inside a {type(node).__name__}")
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """`key=value` strings (value parsed as YAML) into pairs."""
+    pairs = []
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item}: expected dotted.key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise UserError(f"--set {item}: the value is not valid YAML ({error})") from None
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, value in parse_overrides(overrides):
+        set_dotted(data, key, value, source=f"--set {key}")
+    return data
+
+
+SMOKE_RUN = {
+    "epochs": 1,
+    "data.train_limit": 512,
+    "evaluation.bank_limit": 1000,
+    "evaluation.query_limit": 500,
+    "schedule.warmup_epochs": 0,
+}
+
+
+def _smoke_run(data: dict[str, Any]) -> dict[str, Any]:
+    for key, value in SMOKE_RUN.items():
+        set_dotted(data, key, value, source="--smoke")
+    batch = data.get("batch_size", RunConfig.model_fields["batch_size"].default)
+    if isinstance(batch, int) and batch > 256:
+        data["batch_size"] = 256
+    return data
+
+
+def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None, smoke: bool = False) -> RunConfig:
+    data = _apply_overrides(read_yaml(path), overrides)
+    if smoke:
+        data = _smoke_run(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(f"{path}: invalid run config\n{_validation_message(error)}") from None
+
+
+def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = None, smoke: bool = False) -> SweepConfig:
+    data = _apply_overrides(read_yaml(path), overrides)
+    if smoke:
+        base = data.get("base")
+        if base is None or isinstance(base, dict):
+            data["base"] = _smoke_run(dict(base or {}))
+        data["num_samples"] = 1
+        data["max_concurrent_trials"] = 2
+        data["scheduler"] = {"name": "fifo"}
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(f"{path}: invalid sweep config\n{_validation_message(error)}") from None
+    check_search_space(sweep, str(path))
+    if smoke:
+        sweep = _smoke_search(sweep)
+    return sweep
+
+
+def _smoke_search(sweep: SweepConfig) -> SweepConfig:
+    """Two trials: the first two values of the first searched key (or two seeds when nothing is searched)."""
+    search = {}
+    if sweep.search:
+        key, distribution = next(iter(sweep.search.items()))
+        values = distribution.values_to_check()
+        search[key] = SearchDistribution(grid=(values * 2)[:2])
+    else:
+        search["seed"] = SearchDistribution(grid=[sweep.base.seed, sweep.base.seed + 1])
+    return sweep.model_copy(update={"search": search})
+
+
+def _field_paths(data: Any, prefix: str = "") -> list[str]:
+    paths = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else key
+            paths.append(path)
+            paths.extend(_field_paths(value, path))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            path = f"{prefix}.{index}"
+            paths.append(path)
+            paths.extend(_field_paths(value, path))
+    return paths
+
+
+MAX_COMBINATIONS = 4096
+
+
+def check_search_space(sweep: SweepConfig, source: str) -> None:
+    """Every search key must name a run-config field, and every value the search can draw must validate.
+
+    Values are checked per key and, where the product is small, in every combination of the keys'
+    values / extremes (so cross-field rules see the values together).
+    """
+    base = sweep.base.model_dump(mode="json")
+    known = set(_field_paths(base))
+    for key in sweep.search:
+        field = f"search.{key}"
+        if key.split(".")[0] in NOT_SEARCHABLE:
+            raise UserError(f"{source}: {field}: '{key}' sets where a run executes, not what it learns; it cannot be searched")
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise UserError(f"{source}: {field}: names no config field{suggestion}")
+        if isinstance(_lookup(base, key), (dict, list)) and sweep.search[key].kind not in ("choice", "grid"):
+            raise UserError(f"{source}: {field}: is a section, not a number; search it with choice or grid")
+
+    def check(assignment: dict[str, Any]) -> None:
+        data = copy.deepcopy(base)
+        for key, value in assignment.items():
+            set_dotted(data, key, value, source=f"search.{key}")
+        try:
+            RunConfig.model_validate(data)
+        except ValidationError as error:
+            drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
+            keys = ", ".join(f"search.{key}" for key in assignment)
+            raise UserError(
+                f"{source}: {keys}: the search can draw {drawn}, which the schema rejects:\n"
+                f"{_validation_message(error, prefix='base')}"
+            ) from None
+
+    candidates = {key: distribution.values_to_check() for key, distribution in sweep.search.items()}
+    for key, values in candidates.items():
+        for value in values:
+            check({key: value})
+    if len(candidates) > 1 and math.prod(len(values) for values in candidates.values()) <= MAX_COMBINATIONS:
+        for combination in itertools.product(*candidates.values()):
+            check(dict(zip(candidates, combination)))
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def apply_assignment(run: RunConfig, assignment: dict[str, Any]) -> RunConfig:
+    """The run config of one trial: the base with the trial's drawn values set."""
+    data = run.model_dump(mode="json")
+    for key, value in assignment.items():
+        set_dotted(data, key, value, source=f"search.{key}")
+    return RunConfig.model_validate(data)
+
+
+def dump_yaml(model: BaseModel) -> str:
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)
+
+
+def detect_file_kind(data: dict[str, Any]) -> Literal["sweep", "run"]:
+    """A sweep file has a `base` or `search` section; anything else is a run config."""
+    return "sweep" if ("base" in data or "search" in data or "scheduler" in data) else "run"

@@ -1,0 +1,472 @@
+"""Readers that turn each supported source into in-memory uint8 arrays: idx (MNIST-style), CIFAR pickles,
+image folders. Every reader reads through a pyarrow filesystem, so SRC may be a local path or a URI."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from raysl.errors import UserError
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "F"}) | SIXTEEN_BIT_MODES
+
+
+@dataclass
+class SplitData:
+    """One split in memory: images uint8 (N, H, W, C) and label columns (name -> int64 (N,), always "label")."""
+
+    images: np.ndarray
+    labels: dict[str, np.ndarray]
+
+
+@dataclass
+class SourceData:
+    """What a reader returns: the splits, the class names of each label column, and conversion bookkeeping."""
+
+    splits: dict[str, SplitData]
+    label_sets: dict[str, list[str]]
+    converted: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- filesystem
+
+
+def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path (relative or `~` allowed) or a URI such as s3://, gs://, file://."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as error:  # pyarrow raises ArrowInvalid / OSError / ArrowNotImplementedError
+        raise UserError(
+            f"cannot open {uri}: {error}. Use a local path or a file://, s3://, gs:// or hdfs:// URI"
+        ) from error
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """`uri/part/...` for local paths and URIs alike."""
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
+    """The whole content of one file."""
+    with filesystem.open_input_file(path) as stream:
+        return stream.readall()
+
+
+def _is_file(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def _is_dir(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type == pafs.FileType.Directory
+
+
+# ---------------------------------------------------------------------------------------------- idx (MNIST)
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx_source(kind: str, source: str) -> SourceData:
+    """Read the four idx files (each plain or .gz) of MNIST or Fashion-MNIST from the directory `source`."""
+    filesystem, directory = open_filesystem(source)
+    found: dict[str, str | None] = {}
+    for name in (name for pair in IDX_FILES.values() for name in pair):
+        paths = (f"{directory}/{name}", f"{directory}/{name}.gz")
+        found[name] = next((path for path in paths if _is_file(filesystem, path)), None)
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        if kind == "fashion-mnist":
+            how = ("On Debian/Ubuntu `apt-get install dataset-fashion-mnist` installs them in "
+                   "/usr/share/datasets/fashion-mnist; or rerun with --download")
+        else:
+            how = "Rerun with --download, or fetch them from https://ossci-datasets.s3.amazonaws.com/mnist/"
+        raise UserError(
+            f"{kind}: missing {', '.join(missing)} (plain or .gz) in {source}. {how}; "
+            "or pass the directory holding the four idx files as SRC"
+        )
+    splits = {}
+    for split, (images_name, labels_name) in IDX_FILES.items():
+        images = _read_idx(filesystem, found[images_name], ndim=3)
+        labels = _read_idx(filesystem, found[labels_name], ndim=1).astype(np.int64)
+        if len(images) != len(labels):
+            raise UserError(f"{found[images_name]} has {len(images)} images but {found[labels_name]} has {len(labels)} "
+                            "labels; the files do not belong together: replace them with a matching set")
+        if len(labels) and labels.max() > 9:
+            raise UserError(f"{found[labels_name]} has label {labels.max()}, expected 0..9: "
+                            f"the file is not {kind} labels; download it again")
+        splits[split] = SplitData(images[..., np.newaxis], {"label": labels})
+    names = FASHION_MNIST_CLASSES if kind == "fashion-mnist" else MNIST_CLASSES
+    return SourceData(splits, {"label": list(names)})
+
+
+def _read_idx(filesystem: pafs.FileSystem, path: str, ndim: int) -> np.ndarray:
+    """Parse one idx file of unsigned bytes with `ndim` dimensions (magic 0x0000 08 ndim, big-endian sizes)."""
+    raw = read_bytes(filesystem, path)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f"{path} is a corrupt gzip file ({error}); download it again") from error
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise UserError(f"{path} is not an idx file of {ndim}-d unsigned bytes (bad magic number {raw[:4].hex()}); "
+                        "download it again")
+    shape = tuple(int(size) for size in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=header)
+    if data.size != np.prod(shape):
+        raise UserError(f"{path} holds {data.size} bytes of data but its header says {shape}: "
+                        "the file is truncated or corrupt; download it again")
+    return data.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR
+
+CIFAR_LAYOUTS = {
+    # kind: (extracted folder, train files, test files, meta file, archive URL)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta",
+                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts, lists, numpy arrays) and refuses any other global, so a
+    tampered pickle cannot run code."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_source(kind: str, source: str) -> SourceData:
+    """Read CIFAR-10 / CIFAR-100 python batches from `source` (the extracted folder or its parent).
+    CIFAR-100 keeps fine labels as "label" and coarse labels as "label_coarse"."""
+    folder, train_files, test_files, meta_file, url = CIFAR_LAYOUTS[kind]
+    filesystem, path = open_filesystem(source)
+    directory = next((d for d in (path, f"{path}/{folder}") if _is_file(filesystem, f"{d}/{meta_file}")), None)
+    if directory is None:
+        expected = ", ".join([meta_file, *train_files, *test_files])
+        raise UserError(
+            f"{kind}: no python batches in {source} or {join_uri(source, folder)} (expected {expected}). "
+            f"Download {url} and extract it there (`tar xzf {url.rsplit('/', 1)[1]}`), or rerun with --download"
+        )
+    meta = _load_pickle(filesystem, f"{directory}/{meta_file}")
+    label_keys = {"label": "labels"} if kind == "cifar10" else {"label": "fine_labels", "label_coarse": "coarse_labels"}
+    name_keys = {"label": "label_names"} if kind == "cifar10" else {"label": "fine_label_names",
+                                                                       "label_coarse": "coarse_label_names"}
+    label_sets = {column: [_text(name) for name in meta[key]] for column, key in name_keys.items()}
+    splits = {}
+    for split, files in (("train", train_files), ("test", test_files)):
+        images, labels = [], {column: [] for column in label_keys}
+        for file in files:
+            batch = _load_pickle(filesystem, f"{directory}/{file}")
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise UserError(f"{directory}/{file}: data has shape {data.shape}, expected (N, 3072); "
+                                "the batch is corrupt: download the archive again")
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            for column, key in label_keys.items():
+                labels[column].append(np.asarray(batch[key], dtype=np.int64))
+        splits[split] = SplitData(np.ascontiguousarray(np.concatenate(images)),
+                                  {column: np.concatenate(values) for column, values in labels.items()})
+    return SourceData(splits, label_sets)
+
+
+def _load_pickle(filesystem: pafs.FileSystem, path: str) -> dict:
+    """A CIFAR pickle as a dict with str keys (the originals are Python 2 pickles with bytes keys)."""
+    if not _is_file(filesystem, path):
+        raise UserError(f"missing {path}; extract the CIFAR archive again (or rerun with --download)")
+    try:
+        loaded = _NumpyOnlyUnpickler(io.BytesIO(read_bytes(filesystem, path)), encoding="bytes").load()
+    except Exception as error:  # truncated or foreign pickles raise many types
+        raise UserError(f"{path} is not a readable CIFAR pickle ({error}); extract the archive again") from error
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, expected a CIFAR batch dict; "
+                        "extract the archive again")
+    return {_text(key): value for key, value in loaded.items()}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+
+
+@dataclass
+class _Candidate:
+    """One image file to decode: where it is, which split it goes to (None: seeded split) and its class."""
+
+    path: str
+    split: str | None
+    class_name: str | None
+
+
+@dataclass
+class _Decoded:
+    """One decoded image: uint8 pixels (H, W) for grayscale or (H, W, 3), its original mode, whether resized."""
+
+    pixels: np.ndarray
+    mode: str
+    resized: bool
+
+
+def read_image_folder(
+    source: str, *, image_size: int | None, test_fraction: float, seed: int, unlabeled: bool,
+    strict: bool, workers: int | None, progress: bool,
+) -> SourceData:
+    """Decode every image under `source` (layouts: `root/<class>/...`, `root/{train,test}/<class>/...`, or
+    unlabeled) into one uint8 array per split, all with one shape.
+
+    Images are decoded with PIL, whatever their extension says; undecodable candidates are skipped (or,
+    with `strict`, raise). Channels: C=1 when every kept image is grayscale (modes 1, L, LA, I, I;16, F, and
+    palettes whose used colours are grey), else C=3 (RGB). Alpha is dropped (the stored colour is kept,
+    not composited). 16-bit values are scaled to 8 bits (v / 257, so 65535 -> 255); float images in 0..1
+    are scaled by 255, other float or int ranges are min-max normalised. With `image_size` every image is
+    resized (squashed, not cropped) to image_size x image_size with antialiased bilinear filtering.
+    Rows are shuffled within each split with `seed`, so a prefix of a split mixes all classes.
+    """
+    filesystem, root = open_filesystem(source)
+    if not _is_dir(filesystem, root):
+        raise UserError(f"image folder {source} does not exist or is not a directory; "
+                        "pass the folder holding the images")
+    candidates, skipped, unlabeled = _plan_image_folder(filesystem, source, root, unlabeled)
+    if not candidates:
+        raise UserError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source}; "
+                        "pass a folder of images (root/<class>/<image> or root/<image> for unlabeled)")
+    decoded = _map_in_threads(
+        lambda candidate: _decode_image(filesystem, candidate.path, image_size), candidates,
+        workers=workers, progress=progress, description="decoding images",
+    )
+    kept: list[tuple[_Candidate, _Decoded]] = []
+    for candidate, result in zip(candidates, decoded):
+        if isinstance(result, str):
+            skipped.append({"path": _user_path(source, root, candidate.path), "reason": result})
+        else:
+            kept.append((candidate, result))
+    skipped.sort(key=lambda entry: entry["path"])
+    if not kept:
+        raise UserError(f"no decodable images under {source}: all {len(candidates)} image files failed, e.g. "
+                        + "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5]))
+    if strict and skipped:
+        raise UserError(f"--strict: {len(skipped)} file(s) under {source} could not be used; nothing was written. "
+                        "Fix or remove them, or rerun without --strict to skip them:\n"
+                        + "\n".join(f"  {entry['path']}: {entry['reason']}" for entry in skipped))
+    if image_size is None:
+        _check_one_size(source, root, kept)
+    grayscale = all(result.pixels.ndim == 2 for _, result in kept)
+    final_mode = "L" if grayscale else "RGB"
+    converted = sum(result.mode != final_mode or result.resized for _, result in kept)
+    class_names = sorted({candidate.class_name for candidate in candidates if candidate.class_name is not None})
+    splits = _assemble_splits(kept, class_names, grayscale=grayscale, test_fraction=test_fraction, seed=seed,
+                              unlabeled=unlabeled)
+    return SourceData(splits, {"label": [] if unlabeled else class_names}, converted, skipped)
+
+
+def _assemble_splits(
+    kept: list[tuple[_Candidate, _Decoded]], class_names: list[str], *, grayscale: bool, test_fraction: float,
+    seed: int, unlabeled: bool,
+) -> dict[str, SplitData]:
+    """Stack decoded images into splits: given splits as they are, the others split per class with `seed`
+    (test_fraction of each class, at least one image left in train); rows shuffled with `seed`."""
+    label_of = {name: index for index, name in enumerate(class_names)}
+    rows: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
+    by_class: dict[int, list[np.ndarray]] = {}
+    for candidate, result in kept:
+        pixels = result.pixels[..., np.newaxis] if grayscale else _as_rgb(result.pixels)
+        label = label_of[candidate.class_name] if candidate.class_name is not None else -1
+        if candidate.split is None:
+            by_class.setdefault(label, []).append(pixels)
+        else:
+            rows[candidate.split].append((pixels, label))
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_class):  # kept images of a class are in path order
+        images = by_class[label]
+        test_count = min(round(len(images) * test_fraction), max(len(images) - 1, 0))
+        test_indices = set(rng.permutation(len(images))[:test_count].tolist())
+        for index, pixels in enumerate(images):
+            rows["test" if index in test_indices else "train"].append((pixels, label))
+    shape = kept[0][1].pixels.shape[:2] + ((1,) if grayscale else (3,))
+    splits = {}
+    for split, split_rows in rows.items():
+        if unlabeled and split == "test":
+            continue
+        order = rng.permutation(len(split_rows))
+        images = np.empty((len(split_rows), *shape), np.uint8)
+        for row, index in enumerate(order):
+            images[row] = split_rows[index][0]
+        labels = np.array([split_rows[index][1] for index in order], dtype=np.int64)
+        splits[split] = SplitData(images, {"label": labels})
+    return splits
+
+
+def _plan_image_folder(
+    filesystem: pafs.FileSystem, source: str, root: str, unlabeled: bool,
+) -> tuple[list[_Candidate], list[dict[str, str]], bool]:
+    """Candidate image files (by extension; hidden files and other files are ignored), their split/class,
+    the files already skipped, and whether the folder is unlabeled (asked for, or images but no subfolders).
+
+    Files directly under the root next to class folders have no class: they are returned as skipped.
+    With root/train and root/test, files elsewhere (e.g. root/val) are ignored.
+    """
+    selector = pafs.FileSelector(root, recursive=True)
+    relative_paths = sorted(
+        info.path[len(root):].lstrip("/") for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    )
+    relative_paths = [
+        path for path in relative_paths
+        if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in path.split("/"))
+    ]
+    has_subfolders = any("/" in path for path in relative_paths)
+    if unlabeled or not has_subfolders:
+        return [_Candidate(f"{root}/{path}", "train", None) for path in relative_paths], [], True
+    split_layout = _is_dir(filesystem, f"{root}/train") and _is_dir(filesystem, f"{root}/test")
+    candidates, skipped = [], []
+    for path in relative_paths:
+        parts = path.split("/")
+        if split_layout:
+            if parts[0] not in ("train", "test"):
+                continue
+            split, parts = parts[0], parts[1:]
+        else:
+            split = None
+        if len(parts) < 2:
+            where = join_uri(source, split) if split else source
+            reason = f"directly in {where}, not in a class folder (move it into one, or use --unlabeled)"
+            skipped.append({"path": join_uri(source, path), "reason": reason})
+            continue
+        candidates.append(_Candidate(f"{root}/{path}", split, parts[0]))
+    return candidates, skipped, False
+
+
+def _decode_image(filesystem: pafs.FileSystem, path: str, image_size: int | None) -> _Decoded | str:
+    """Decode one file into 8-bit pixels, or return why it cannot be used."""
+    try:
+        data = read_bytes(filesystem, path)
+        if not data:
+            return "empty file"
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode = image.mode
+            pixels = _to_uint8(image)
+    except UnidentifiedImageError:
+        return "UnidentifiedImageError: not a recognised image format"
+    except Exception as error:  # PIL reports bad data as OSError, SyntaxError, ValueError, struct.error, ...
+        return f"{type(error).__name__}: {error}"
+    resized = image_size is not None and pixels.shape[:2] != (image_size, image_size)
+    if resized:
+        pixels = np.asarray(Image.fromarray(pixels).resize((image_size, image_size), Image.Resampling.BILINEAR))
+    return _Decoded(pixels, mode, resized)
+
+
+def _to_uint8(image: Image.Image) -> np.ndarray:
+    """Pixels as uint8 (H, W) for grayscale modes and grey palettes, else (H, W, 3); alpha is dropped."""
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        return _scale_to_uint8(np.asarray(image), maximum=65535)
+    if mode == "I":
+        values = np.asarray(image)  # 16-bit PNG/TIFF data when within 0..65535
+        if values.min() >= 0 and values.max() <= 65535:
+            return _scale_to_uint8(values, maximum=65535)
+        return _normalise(values)
+    if mode == "F":
+        values = np.asarray(image)
+        return _scale_to_uint8(values, maximum=1.0) if values.min() >= 0 and values.max() <= 1 else _normalise(values)
+    if mode in GRAYSCALE_MODES:
+        return np.asarray(image.convert("L"))
+    if mode in ("P", "PA"):
+        rgb = np.asarray(image.convert("RGBA"))[..., :3]
+        grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+        return np.ascontiguousarray(rgb[..., 0]) if grey else np.ascontiguousarray(rgb)
+    return np.asarray(image.convert("RGB"))
+
+
+def _scale_to_uint8(values: np.ndarray, maximum: float) -> np.ndarray:
+    return np.rint(values.astype(np.float64) * (255.0 / maximum)).clip(0, 255).astype(np.uint8)
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    """Min-max normalise to 0..255 (for int/float images whose range is not a known bit depth)."""
+    values = np.nan_to_num(values.astype(np.float64))
+    low, high = values.min(), values.max()
+    return np.zeros(values.shape, np.uint8) if high == low else _scale_to_uint8(values - low, maximum=high - low)
+
+
+def _as_rgb(pixels: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels[..., np.newaxis], 3, axis=2) if pixels.ndim == 2 else pixels
+
+
+def _check_one_size(source: str, root: str, kept: list[tuple[_Candidate, _Decoded]]) -> None:
+    examples: dict[tuple[int, int], str] = {}
+    for candidate, result in kept:
+        examples.setdefault(result.pixels.shape[:2], candidate.path)
+    if len(examples) > 1:
+        listed = "; ".join(f"{width}x{height} e.g. {_user_path(source, root, path)}"
+                           for (height, width), path in list(examples.items())[:5])
+        raise UserError(f"images under {source} have {len(examples)} different sizes ({listed}); "
+                        "rerun with --image-size N to resize them all to N x N")
+
+
+def _user_path(source: str, root: str, path: str) -> str:
+    """A file path as the user wrote the root (keeps the URI scheme)."""
+    return join_uri(source, path[len(root):].lstrip("/"))
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def resize_all(images: np.ndarray, image_size: int, *, workers: int | None, progress: bool) -> np.ndarray:
+    """Resize (N, H, W, C) uint8 images to (N, image_size, image_size, C), antialiased bilinear."""
+    channels = images.shape[3]
+
+    def resize_one(image: np.ndarray) -> np.ndarray:
+        pil_image = Image.fromarray(image[..., 0] if channels == 1 else image)
+        return np.asarray(pil_image.resize((image_size, image_size), Image.Resampling.BILINEAR)).reshape(
+            image_size, image_size, channels)
+
+    resized = _map_in_threads(resize_one, images, workers=workers, progress=progress, description="resizing")
+    return np.stack(resized) if resized else np.empty((0, image_size, image_size, channels), np.uint8)
+
+
+def _map_in_threads(
+    function: Callable, items: Iterable, *, workers: int | None, progress: bool, description: str,
+) -> list:
+    """`[function(item) for item in items]` on a thread pool (PIL releases the GIL while decoding and resizing)."""
+    items = list(items) if not isinstance(items, np.ndarray) else items
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as executor:
+        return list(tqdm(executor.map(function, items), total=len(items), desc=description, unit="img",
+                         disable=not progress))

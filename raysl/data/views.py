@@ -1,0 +1,154 @@
+"""Random views of a batch of images, as whole-batch tensor ops (no per-image Python loop, no Ray).
+
+`make_views(images, views, generator)` takes uint8 images (N, H, W, C) and returns one uint8 tensor
+(N, C, size, size) per view: for each crop spec, `count` views, each a random resized crop and flip done
+by one `grid_sample`, then colour jitter, grayscale and blur drawn per image. The same generator state
+gives the same views. Ops that need colour (saturation, hue, grayscale) apply to 3-channel images only.
+
+Differences from torchvision's per-image transforms, chosen for batching:
+- a crop whose drawn area and ratio do not fit is shrunk to fit (torchvision retries, then centre-crops);
+- colour jitter applies brightness, contrast, saturation, hue in that fixed order (torchvision shuffles it);
+- blur uses one kernel length per batch (from the largest sigma) with a per-image sigma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from raysl.config import CropSpec, ViewsConfig
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def _bernoulli(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator) < prob
+
+
+def crop_and_flip(
+    images: torch.Tensor, spec: CropSpec, flip_prob: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Random resized crop (area fraction in spec.scale, aspect ratio in spec.ratio) plus horizontal
+    flip, for float images (N, C, H, W) in [0, 1]; returns (N, C, spec.size, spec.size)."""
+    n, _, height, width = images.shape
+    area = _uniform(n, *spec.scale, generator)
+    log_ratio = _uniform(n, math.log(spec.ratio[0]), math.log(spec.ratio[1]), generator)
+    ratio = torch.exp(log_ratio)
+    # Crop width / height as fractions of the image's (pixel aspect taken into account).
+    crop_w = torch.sqrt(area * ratio * height / width).clamp(max=1.0)
+    crop_h = torch.sqrt(area / ratio * width / height).clamp(max=1.0)
+    centre_x = (torch.rand(n, generator=generator) * (1 - crop_w) + crop_w / 2) * 2 - 1
+    centre_y = (torch.rand(n, generator=generator) * (1 - crop_h) + crop_h / 2) * 2 - 1
+    flip = torch.where(_bernoulli(n, flip_prob, generator), -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = crop_w * flip
+    theta[:, 0, 2] = centre_x
+    theta[:, 1, 1] = crop_h
+    theta[:, 1, 2] = centre_y
+    grid = F.affine_grid(theta, [n, images.shape[1], spec.size, spec.size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:
+        return images
+    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by `shift` turns (per image) in YIQ space: a per-image 3x3 linear map."""
+    to_yiq = images.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    to_rgb = torch.linalg.inv(to_yiq)
+    angle = shift * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.zeros(images.shape[0], 3, 3, dtype=images.dtype)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    transform = to_rgb @ rotation @ to_yiq  # (N, 3, 3)
+    return torch.einsum("nij,njhw->nihw", transform, images)
+
+
+def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast (and for colour images saturation, hue) with views.color_jitter.prob per image."""
+    jitter = views.color_jitter
+    n, channels = images.shape[:2]
+    apply = _bernoulli(n, jitter.prob, generator).view(n, 1, 1, 1)
+    out = images
+    brightness = _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator).view(n, 1, 1, 1)
+    out = (out * brightness).clamp(0, 1)
+    contrast = _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator).view(n, 1, 1, 1)
+    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean) * contrast + mean).clamp(0, 1)
+    if channels == 3:
+        saturation = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator).view(n, 1, 1, 1)
+        gray = _gray(out)
+        out = ((out - gray) * saturation + gray).clamp(0, 1)
+        hue = _uniform(n, -jitter.hue, jitter.hue, generator)
+        out = _rotate_hue(out, hue).clamp(0, 1)
+    return torch.where(apply, out, images)
+
+
+def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma, applied with probability `prob` per image."""
+    n, channels, height, width = images.shape
+    apply = _bernoulli(n, prob, generator)
+    sigmas = _uniform(n, *sigma, generator)
+    if not apply.any():
+        return images
+    radius = max(1, min(math.ceil(3 * sigma[1]), (min(height, width) - 1) // 2))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernels = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigmas.view(-1, 1) ** 2))
+    kernels = kernels / kernels.sum(dim=1, keepdim=True)
+    identity = (offsets == 0).to(images.dtype).expand(n, -1)
+    kernels = torch.where(apply.view(-1, 1), kernels, identity)
+    kernels = kernels.repeat_interleave(channels, dim=0)  # (N*C, K)
+    flat = images.reshape(1, n * channels, height, width)
+    flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
+    flat = F.conv2d(flat, kernels.view(n * channels, 1, 1, -1), groups=n * channels)
+    flat = F.pad(flat, (0, 0, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernels.view(n * channels, 1, -1, 1), groups=n * channels)
+    return flat.view(n, channels, height, width)
+
+
+def augment(images: torch.Tensor, spec: CropSpec, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
+    """One random view of float images (N, C, H, W) in [0, 1] for one crop spec; float in [0, 1]."""
+    out = crop_and_flip(images, spec, views.flip, generator)
+    out = color_jitter(out, views, generator)
+    if out.shape[1] == 3 and views.grayscale > 0:
+        gray = _bernoulli(out.shape[0], views.grayscale, generator).view(-1, 1, 1, 1)
+        out = torch.where(gray, _gray(out).expand_as(out), out)
+    if views.blur.prob > 0:
+        out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)
+    return out
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) to float (N, C, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def make_views(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """All views of a uint8 batch (N, H, W, C): a list of uint8 (N, C, size, size), crop specs in order."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
+    source = to_float(images)
+    return [
+        to_uint8(augment(source, spec, views, generator)) for spec in views.crops for _ in range(spec.count)
+    ]
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) to the model's float input: (x / 255 - mean) / std per channel."""
+    return (images.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

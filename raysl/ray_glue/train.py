@@ -1,0 +1,168 @@
+"""Ray Data + Ray Train glue: the view dataset, the per-worker loop, and the TorchTrainer that runs it.
+
+Everything Ray-specific about one pretraining run lives here; the loop itself is raysl.training.loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from raysl.config import RunConfig, ViewsConfig
+from raysl.data.prepare import load_split, read_manifest, split_files
+from raysl.data.views import make_views
+from raysl.training.loop import EvalData, Trainer
+
+AUGMENT_BATCH = 256
+
+
+def decode_images(column: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The Parquet `image` column (raw uint8 bytes per row) as one uint8 array (N, H, W, C)."""
+    return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
+
+
+def augment_views(batch: dict[str, np.ndarray], views: dict[str, Any], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function: decoded images in, one uint8 (N, C, S, S) column per view out.
+
+    A fresh, unseeded generator per batch, so every epoch's views are new.
+    """
+    torch.set_num_threads(1)
+    images = torch.from_numpy(decode_images(batch["image"], tuple(shape)).copy())
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    made = make_views(images, ViewsConfig.model_validate(views), generator)
+    return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
+
+
+def configure_data_context() -> None:
+    """Set the driver's DataContext (TorchTrainer copies it when constructed, so call this first).
+
+    Ray 2.60's Parquet DataSourceV2 lists files in a separate task that always asks for 1 CPU and ignores
+    read_parquet(num_cpus=...): with every other CPU reserved by trials (2 trials on 2 cores) that task
+    never starts and the sweep hangs. The V1 reader lists on the driver and honours num_cpus.
+    """
+    context = ray.data.DataContext.get_current()
+    context.use_datasource_v2 = False
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def build_view_dataset(run: RunConfig, data_uri: str) -> ray.data.Dataset:
+    """Parquet shards -> (optional limit) -> random views per batch, re-run (fresh views) every epoch."""
+    manifest = read_manifest(data_uri)
+    dataset = ray.data.read_parquet(
+        split_files(data_uri, "train"), columns=["image"], num_cpus=run.resources.data_cpus
+    )
+    if run.data.train_limit:
+        dataset = dataset.limit(run.data.train_limit)
+    dataset = dataset.randomize_block_order(seed=None)
+    return dataset.map_batches(
+        augment_views,
+        fn_kwargs={"views": run.views.model_dump(mode="json"), "shape": tuple(manifest["image_shape"])},
+        batch_size=AUGMENT_BATCH,
+        batch_format="numpy",
+        num_cpus=run.resources.data_cpus,
+        compute=ray.data.TaskPoolStrategy(),
+    )
+
+
+def train_images(run: RunConfig, manifest: dict[str, Any]) -> int:
+    count = manifest["splits"]["train"]["count"]
+    return min(count, run.data.train_limit) if run.data.train_limit else count
+
+
+def load_eval_data(run: RunConfig, data_uri: str, manifest: dict[str, Any]) -> EvalData:
+    bank_images, bank_labels = load_split(data_uri, "train", limit=run.evaluation.bank_limit)
+    query_images, query_labels = load_split(data_uri, "test", limit=run.evaluation.query_limit)
+    return EvalData(
+        torch.from_numpy(bank_images), torch.from_numpy(bank_labels),
+        torch.from_numpy(query_images), torch.from_numpy(query_labels),
+        num_classes=len(manifest["class_names"]),
+    )
+
+
+def _view_batches(shard, batch_size: int):
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
+        yield [batch[f"view_{index}"] for index in range(len(batch))]
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """What each Train worker runs: build the Trainer, resume from the latest checkpoint, then per
+    epoch train on this worker's shard, evaluate (rank 0), and report metrics with a checkpoint."""
+    run = RunConfig.model_validate(loop_config["run"])
+    data_uri = loop_config["data_uri"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(run.resources.torch_threads or max(1, math.ceil(run.resources.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    manifest = read_manifest(data_uri)
+    steps_per_epoch = train_images(run, manifest) // run.batch_size
+    trainer = Trainer(
+        run,
+        in_channels=manifest["image_shape"][2],
+        mean=manifest["mean"],
+        std=manifest["std"],
+        steps_per_epoch=steps_per_epoch,
+        device=device,
+        wrap_model=(lambda module: ray.train.torch.prepare_model(module, move_to_device=False)) if world_size > 1 else None,
+        git_commit=loop_config.get("git_commit", "unknown"),
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            trainer.load(directory)
+    eval_data = load_eval_data(run, data_uri, manifest) if rank == 0 else None
+    shard = ray.train.get_dataset_shard("train")
+    while trainer.epoch < run.epochs:
+        metrics = trainer.train_epoch(_view_batches(shard, run.batch_size // world_size))
+        if rank == 0:
+            metrics.update(trainer.evaluate(eval_data))
+            print(
+                f"[{loop_config.get('label', 'run')}] epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} "
+                f"knn_top1 {metrics['knn_top1']:.4f} images/s {metrics['images_per_s']:.0f}",
+                flush=True,
+            )
+        with tempfile.TemporaryDirectory() as directory:
+            saved = None
+            if rank == 0:
+                trainer.save(directory)
+                saved = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=saved)
+
+
+def build_trainer(
+    run: RunConfig,
+    data_uri: str,
+    *,
+    storage_path: str,
+    name: str,
+    git_commit: str,
+    callbacks: list | None = None,
+    max_failures: int = 0,
+    label: str = "run",
+) -> ray.train.torch.TorchTrainer:
+    resources = run.resources
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": run.model_dump(mode="json"), "data_uri": data_uri, "git_commit": git_commit, "label": label},
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks or [],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets={"train": build_view_dataset(run, data_uri)},
+    )

@@ -1,0 +1,256 @@
+"""Ray Tune glue: the per-trial driver function, the Tuner (ASHA / FIFO), resume, and the leaderboard.
+
+Train V2 runs inside Tune as a *driver function* that builds a TorchTrainer and fits it, forwarding rank
+0's reports to Tune with TuneReportCallback (see ../shared notes: `Tuner(TorchTrainer)` does not work).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
+from raysl.errors import UserError
+from raysl.ray_glue.train import build_trainer, configure_data_context
+
+METRIC = "knn_top1"
+# The trial driver only builds and watches a TorchTrainer; Tune rejects a zero-CPU trial.
+DRIVER_CPUS = 0.1
+
+
+def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str, git_commit: str) -> None:
+    """One trial: the base run config with the drawn values, trained by a TorchTrainer named after the
+    trial, so a restarted trial resumes from its own latest checkpoint."""
+    sweep_config = SweepConfig.model_validate(sweep)
+    run = apply_assignment(sweep_config.base, config["search"])
+    run = run.model_copy(update={"epochs": sweep_config.max_epochs})
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    experiment_dir = experiment_path(sweep_config, context.get_experiment_name())
+    configure_data_context()  # before the trainer copies the DataContext
+    trainer = build_trainer(
+        run,
+        data_uri,
+        storage_path=f"{experiment_dir}/train",
+        name=trial_id,
+        git_commit=git_commit,
+        callbacks=[TuneReportCallback()],
+        label=trial_id,
+    )
+    trainer.fit()
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def experiment_path(sweep: SweepConfig, name: str | None = None) -> str:
+    return f"{_absolute(sweep.storage_path).rstrip('/')}/{name or sweep.name}"
+
+
+def _to_tune(distribution) -> Any:
+    kind, args = distribution.kind, getattr(distribution, distribution.kind)
+    return {
+        "choice": lambda: tune.choice(args),
+        "grid": lambda: tune.grid_search(args),
+        "uniform": lambda: tune.uniform(*args),
+        "loguniform": lambda: tune.loguniform(*args),
+        "randint": lambda: tune.randint(*args),
+        "qrandint": lambda: tune.qrandint(*args),
+    }[kind]()
+
+
+def count_trials(sweep: SweepConfig) -> int:
+    grid = math.prod(len(d.grid) for d in sweep.search.values() if d.grid is not None)
+    return grid * sweep.num_samples
+
+
+def check_cpu_budget(sweep: SweepConfig, total_cpus: float, where: str) -> None:
+    """Trials must leave CPUs for Ray Data's augmentation tasks, or the sweep hangs (nothing can run them)."""
+    resources = sweep.base.resources
+    per_trial = DRIVER_CPUS + resources.workers * resources.cpus_per_worker
+    concurrent = min(sweep.max_concurrent_trials, count_trials(sweep))
+    free = total_cpus - concurrent * per_trial
+    if per_trial > total_cpus:
+        raise UserError(
+            f"base.resources: one trial reserves {per_trial:g} CPUs ({DRIVER_CPUS} driver + workers x cpus_per_worker) "
+            f"but {where} has {total_cpus:g}"
+        )
+    if free < resources.data_cpus:
+        raise UserError(
+            f"max_concurrent_trials / base.resources.cpus_per_worker: {concurrent} trials at once reserve "
+            f"{concurrent * per_trial:g} of {where}'s {total_cpus:g} CPUs, leaving {max(free, 0):g}; Ray Data's "
+            f"augmentation tasks need base.resources.data_cpus = {resources.data_cpus:g} free or the sweep hangs. "
+            f"Lower max_concurrent_trials or base.resources.cpus_per_worker."
+        )
+
+
+def _trainable(sweep: SweepConfig, data_uri: str, git_commit: str):
+    trainable = tune.with_parameters(raysl_trial, sweep=sweep.model_dump(mode="json"), data_uri=data_uri, git_commit=git_commit)
+    return tune.with_resources(trainable, {"cpu": DRIVER_CPUS})
+
+
+def _scheduler(sweep: SweepConfig):
+    if isinstance(sweep.scheduler, ASHAConfig):
+        return tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=sweep.max_epochs,
+            grace_period=sweep.scheduler.grace_period,
+            reduction_factor=sweep.scheduler.reduction_factor,
+        )
+    return tune.schedulers.FIFOScheduler()
+
+
+def _reporter(sweep: SweepConfig) -> tune.CLIReporter:
+    return tune.CLIReporter(
+        metric_columns={METRIC: "knn_top1", "training_iteration": "epochs", "loss": "loss", "images_per_s": "img/s"},
+        parameter_columns={f"search/{key}": key for key in sweep.search},
+        max_report_frequency=30,
+        sort_by_metric=True,
+    )
+
+
+def fresh_experiment_name(sweep: SweepConfig) -> str:
+    """The sweep's name, or name_2, name_3... when an experiment of that name already exists."""
+    name, suffix = sweep.name, 1
+    while "://" not in sweep.storage_path and os.path.exists(experiment_path(sweep, name)):
+        suffix += 1
+        name = f"{sweep.name}_{suffix}"
+    return name
+
+
+def latest_experiment_name(sweep: SweepConfig) -> str:
+    """For --resume: the newest of name, name_2, ... that Tune can restore."""
+    candidates = [sweep.name]
+    root = Path(_absolute(sweep.storage_path))
+    if root.is_dir():
+        candidates += [p.name for p in root.glob(f"{sweep.name}_*") if p.name.rsplit("_", 1)[-1].isdigit()]
+    restorable = [name for name in candidates if tune.Tuner.can_restore(experiment_path(sweep, name))]
+    if not restorable:
+        raise UserError(f"--resume: no sweep named '{sweep.name}' to resume under {root} (storage_path)")
+    return max(restorable, key=lambda name: int(name.rsplit("_", 1)[1]) if name != sweep.name else 1)
+
+
+def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: bool = False, log=print) -> str:
+    """Run (or resume) the sweep; write leaderboard.csv and best_config.yaml; return the experiment path."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table: trial, swept values, knn_top1, epochs, status
+    trainable = _trainable(sweep, data_uri, git_commit)
+    if resume:
+        name = latest_experiment_name(sweep)
+        path = experiment_path(sweep, name)
+        log(f"resuming sweep at {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        name = fresh_experiment_name(sweep)
+        path = experiment_path(sweep, name)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"search": {key: _to_tune(d) for key, d in sweep.search.items()}},
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                scheduler=_scheduler(sweep),
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=sweep.max_concurrent_trials,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=_absolute(sweep.storage_path),
+                progress_reporter=_reporter(sweep),
+                verbose=1,
+            ),
+        )
+        log(f"sweep '{name}': {count_trials(sweep)} trials, results in {path}")
+    results = tuner.fit()
+    rows = leaderboard_rows(results, sweep)
+    write_leaderboard(rows, sweep, path, log)
+    write_best_config(rows, sweep, path, log)
+    failed = [result for result in results if result.error is not None]
+    if failed and len(failed) == len(rows):
+        raise UserError(
+            f"all {len(rows)} trials failed; the first error:\n{_error_summary(failed[0].error)}\n"
+            f"(full traces: error.txt in the trial directories under {path})"
+        )
+    return path
+
+
+def _error_summary(error: BaseException) -> str:
+    """The last lines of a trial's error: the user-facing cause, not Ray's wrapping frames."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return "\n".join(lines[-3:])
+
+
+def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        metrics = result.metrics or {}
+        knn_values = history[METRIC].dropna().tolist() if history is not None and METRIC in history else []
+        epochs = int(metrics.get("training_iteration", 0) or 0)
+        if result.error is not None:
+            status = f"error: {type(result.error).__name__}"
+        elif epochs >= sweep.max_epochs:
+            status = "completed"
+        else:
+            status = "stopped early (ASHA)" if isinstance(sweep.scheduler, ASHAConfig) else "stopped"
+        search = (result.config or {}).get("search", {})
+        rows.append(
+            {
+                "trial": metrics.get("trial_id") or Path(result.path).name,
+                **{key: search.get(key) for key in sweep.search},
+                METRIC: max(knn_values) if knn_values else float("nan"),
+                "last_knn_top1": knn_values[-1] if knn_values else float("nan"),
+                "epochs": epochs,
+                "status": status,
+                "loss": metrics.get("loss", float("nan")),
+                "images_per_s": metrics.get("images_per_s", float("nan")),
+                "_search": search,
+            }
+        )
+    rows.sort(key=lambda row: -row[METRIC] if not math.isnan(row[METRIC]) else math.inf)
+    return rows
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def write_leaderboard(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
+    columns = [column for column in (rows[0] if rows else {"trial": None}) if not column.startswith("_")]
+    table = [columns] + [[_format(row[column]) for column in columns] for row in rows]
+    widths = [max(len(line[index]) for line in table) for index in range(len(columns))]
+    log("\nleaderboard (best kNN top-1 per trial):")
+    for line in table:
+        log("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+    target = Path(path) if "://" not in path else None
+    if target is None:
+        return  # remote storage: the leaderboard is printed; CSV upload comes with cloud support
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_best_config(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
+    scored = [row for row in rows if not math.isnan(row[METRIC])]
+    if not scored or "://" in path:
+        return
+    best = scored[0]
+    run = apply_assignment(sweep.base, best["_search"])
+    run = run.model_copy(update={"name": f"{sweep.name}-best", "storage_path": sweep.storage_path})
+    target = Path(path) / "best_config.yaml"
+    header = f"# best trial {best['trial']} of sweep {path}: knn_top1 {best[METRIC]:.4f}\n# run it: raysl train {target}\n"
+    target.write_text(header + dump_yaml(run))
+    log(f"best config: {target}")

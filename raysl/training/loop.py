@@ -1,0 +1,183 @@
+"""The training loop: epochs of steps, the kNN monitor, checkpoint state. Knows nothing of Ray.
+
+The Ray glue (raysl/ray_glue/train.py) feeds it batches from a Ray Data shard and reports what it
+returns; `raysl train --local` and the tests feed it batches made in-process. Both go through `Trainer`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raysl.config import RunConfig
+from raysl.data.views import normalize
+from raysl.methods import build_method
+from raysl.methods.distributed import rank_and_world_size
+from raysl.training.monitor import embedding_std, extract_features, knn_top1
+from raysl.training.optim import build_optimizer, build_scheduler
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN / inf loss; the run stops and no checkpoint of that epoch is written."""
+
+
+@dataclass
+class EvalData:
+    """The kNN monitor's inputs: clean uint8 images (N, H, W, C) and int64 labels."""
+
+    bank_images: torch.Tensor
+    bank_labels: torch.Tensor
+    query_images: torch.Tensor
+    query_labels: torch.Tensor
+    num_classes: int
+
+
+def autocast_dtype(run: RunConfig, device: torch.device) -> torch.dtype | None:
+    if run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+class Trainer:
+    """A method, its optimiser, schedule and grad scaler, and how many epochs are done."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        in_channels: int,
+        mean: list[float],
+        std: list[float],
+        steps_per_epoch: int,
+        device: torch.device | str = "cpu",
+        wrap_model=None,
+        git_commit: str = "unknown",
+    ):
+        if steps_per_epoch < 1:
+            raise ValueError("steps_per_epoch must be at least 1 (is the dataset smaller than one batch?)")
+        self.run = run
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.steps_per_epoch = steps_per_epoch
+        self.git_commit = git_commit
+        rank, _ = rank_and_world_size()
+        torch.manual_seed(run.seed)  # the same initial weights on every rank
+        self.method = build_method(run, in_channels).to(self.device)
+        # The module the optimiser steps (DDP-wrapped when distributed); self.method stays unwrapped.
+        self.model: nn.Module = wrap_model(self.method) if wrap_model else self.method
+        torch.manual_seed(run.seed + 1000 * rank + 1)
+        self.optimizer = build_optimizer(self.method, run.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, run.schedule, steps_per_epoch, run.epochs)
+        self.autocast_dtype = autocast_dtype(run, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # bf16 / fp32 need no scaling
+        self.epoch = 0  # epochs completed
+        self.step = 0
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, batches: Iterable[list[torch.Tensor]]) -> dict[str, float]:
+        """One epoch over uint8 view batches (each a list of (n, C, S, S) tensors); at most steps_per_epoch."""
+        self.model.train()
+        started = time.perf_counter()
+        loss_sum, images, steps = 0.0, 0, 0
+        for views in batches:
+            if steps >= self.steps_per_epoch:
+                break
+            inputs = [normalize(view.to(self.device, non_blocking=True), self.mean, self.std) for view in views]
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                loss = self.model(inputs)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"loss became {loss_value} at epoch {self.epoch + 1}, step {steps + 1}; the run stops here and "
+                    f"no checkpoint of this epoch is written. Try a lower optimizer.lr (now {self.run.optimizer.lr}) "
+                    f"or a longer schedule.warmup_epochs."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            self.method.after_step(self.step, self.steps_per_epoch * self.run.epochs)
+            loss_sum += loss_value
+            images += views[0].shape[0]
+            steps += 1
+        if steps == 0:
+            raise RuntimeError("the epoch had no batches: the data shard is smaller than one batch")
+        seconds = time.perf_counter() - started
+        self.epoch += 1
+        _, world_size = rank_and_world_size()
+        return {
+            "epoch": self.epoch,
+            "loss": loss_sum / steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images * world_size / seconds,
+            "train_seconds": seconds,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, data: EvalData) -> dict[str, float]:
+        """kNN top-1 (bank: clean train images, queries: test images) and the collapse signal."""
+        started = time.perf_counter()
+        cfg = self.run.evaluation
+        backbone = self.method.backbone
+        kwargs = dict(batch_size=cfg.batch_size, device=self.device, autocast_dtype=self.autocast_dtype)
+        bank = extract_features(backbone, data.bank_images, self.mean, self.std, **kwargs)
+        queries = extract_features(backbone, data.query_images, self.mean, self.std, **kwargs)
+        accuracy = knn_top1(queries, data.query_labels, bank, data.bank_labels, data.num_classes, cfg.knn_k, cfg.knn_temperature)
+        with torch.no_grad():
+            self.method.projector.eval()
+            projected = self.method.projector(queries[: cfg.batch_size].to(self.device))
+            self.method.projector.train()
+        return {
+            "knn_top1": accuracy,
+            "embedding_std": embedding_std(projected),
+            "embedding_dim": projected.shape[1],
+            "eval_seconds": time.perf_counter() - started,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        for name, tensor in self.method.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteLossError(f"weight {name} is not finite; refusing to write a checkpoint")
+        return {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "config": self.run.model_dump(mode="json"),
+            "git_commit": self.git_commit,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CHECKPOINT_FILE
+        torch.save(self.state_dict(), path)
+        return path
+
+    def load(self, directory: str | Path) -> None:
+        # weights_only: a checkpoint from a shared bucket cannot run code when loaded.
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        self.load_state_dict(state)

@@ -1,0 +1,75 @@
+"""The kNN monitor and the collapse signal: pure functions of a model and tensors.
+
+Protocol (InstDisc / MoCo CIFAR demo): backbone features L2-normalised; the bank is the clean train
+split, the queries the test split; cosine similarity, top-k neighbours weighted exp(sim / T), the
+class with the largest summed weight wins.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysl.data.views import normalize
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """L2-normalised backbone features (float32, on CPU) of uint8 images (N, H, W, C), in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    device = torch.device(device)
+    features = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].permute(0, 3, 1, 2).to(device, non_blocking=True)
+        batch = normalize(batch, mean.to(device), std.to(device))
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            out = backbone(batch)
+        features.append(F.normalize(out.float(), dim=1).cpu())
+    backbone.train(was_training)
+    return torch.cat(features)
+
+
+@torch.no_grad()
+def knn_predict(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """Predicted labels of L2-normalised `queries` from a weighted vote of their k nearest bank entries."""
+    k = min(k, bank.shape[0])
+    predictions = []
+    for start in range(0, queries.shape[0], chunk_size):
+        similarity = queries[start : start + chunk_size] @ bank.T  # (q, B)
+        top_similarity, top_index = similarity.topk(k, dim=1)  # (q, k)
+        weights = (top_similarity / temperature).exp()
+        scores = torch.zeros(similarity.shape[0], num_classes, dtype=weights.dtype)
+        scores.scatter_add_(1, bank_labels[top_index], weights)
+        predictions.append(scores.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+def knn_top1(
+    queries: torch.Tensor, query_labels: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+    num_classes: int, k: int = 200, temperature: float = 0.1,
+) -> float:
+    predicted = knn_predict(queries, bank, bank_labels, num_classes, k, temperature)
+    return (predicted == query_labels).float().mean().item()
+
+
+def embedding_std(embeddings: torch.Tensor) -> float:
+    """Mean per-dimension std of L2-normalised embeddings: about 1/sqrt(d) when healthy, 0 when collapsed."""
+    return F.normalize(embeddings.float(), dim=1).std(dim=0).mean().item()
