@@ -61,6 +61,9 @@ class ModelConfig(Schema):
     backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
     width: Annotated[int, Field(ge=4, le=512)] = 32
     """Channels of the small CNN's first stage (doubles per stage); ignored by resnet18."""
+    pool_size: Annotated[int, Field(ge=1, le=4)] = 1
+    """Small CNN: average-pool the last feature map to pool_size x pool_size (1: global average pool).
+    Features are 4 x width x pool_size^2 wide; above 1 they keep coarse layout (top vs bottom)."""
     projector_hidden: Annotated[int, Field(ge=8)] = 512
     projector_out: Annotated[int, Field(ge=8)] = 128
 
@@ -169,6 +172,8 @@ class RunConfig(Schema):
     """Global batch (images, not views), split evenly over workers."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on GPU, fp32 on CPU."""
+    channels_last: bool = True
+    """NHWC memory format for convolutions: about 1.5x faster training of the small CNN on CPU."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
@@ -295,11 +300,9 @@ def _validation_message(error: ValidationError, prefix: str = "") -> str:
         field = _format_location(item["loc"])
         if prefix:
             field = f"{prefix}.{field}" if item["loc"] else prefix
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
-        elif item["type"] == "union_tag_invalid" or item["type"] == "literal_error":
-            message = item["msg"]
         lines.append(f"  {field}: {message}")
     return "\n".join(lines)
 

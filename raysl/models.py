@@ -18,12 +18,10 @@ def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    """Three stages of conv-BN-ReLU (width, 2x, 4x channels), max-pool between, global average pool.
+    """Three stages of two conv-BN-ReLU each (width, 2x, 4x channels), max-pool between, then an
+    average pool to pool_size x pool_size. Cheap enough to pretrain on 2 CPU cores."""
 
-    Cheap enough to pretrain on 2 CPU cores; features are 4 x width wide.
-    """
-
-    def __init__(self, in_channels: int, width: int = 32):
+    def __init__(self, in_channels: int, width: int = 32, pool_size: int = 1):
         super().__init__()
         self.features = nn.Sequential(
             *_conv_block(in_channels, width),
@@ -34,10 +32,10 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
             *_conv_block(2 * width, 4 * width),
             *_conv_block(4 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(pool_size),
             nn.Flatten(),
         )
-        self.out_dim = 4 * width
+        self.out_dim = 4 * width * pool_size**2
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
@@ -55,7 +53,7 @@ def cifar_resnet18(in_channels: int) -> nn.Module:
 
 def build_backbone(config: ModelConfig, in_channels: int) -> nn.Module:
     if config.backbone == "small_cnn":
-        return SmallCNN(in_channels, config.width)
+        return SmallCNN(in_channels, config.width, config.pool_size)
     if config.backbone == "resnet18":
         return cifar_resnet18(in_channels)
     raise ValueError(f"unknown backbone {config.backbone!r}")

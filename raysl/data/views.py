@@ -149,6 +149,9 @@ def make_views(images: torch.Tensor, views: ViewsConfig, generator: torch.Genera
     ]
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 (N, C, H, W) to the model's float input: (x / 255 - mean) / std per channel."""
-    return (images.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    out = (images.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

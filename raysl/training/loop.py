@@ -73,6 +73,8 @@ class Trainer:
         rank, _ = rank_and_world_size()
         torch.manual_seed(run.seed)  # the same initial weights on every rank
         self.method = build_method(run, in_channels).to(self.device)
+        if run.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
         # The module the optimiser steps (DDP-wrapped when distributed); self.method stays unwrapped.
         self.model: nn.Module = wrap_model(self.method) if wrap_model else self.method
         torch.manual_seed(run.seed + 1000 * rank + 1)
@@ -92,7 +94,10 @@ class Trainer:
         for views in batches:
             if steps >= self.steps_per_epoch:
                 break
-            inputs = [normalize(view.to(self.device, non_blocking=True), self.mean, self.std) for view in views]
+            inputs = [
+                normalize(view.to(self.device, non_blocking=True), self.mean, self.std, self.run.channels_last)
+                for view in views
+            ]
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
                 loss = self.model(inputs)
             loss_value = loss.item()
@@ -131,7 +136,10 @@ class Trainer:
         started = time.perf_counter()
         cfg = self.run.evaluation
         backbone = self.method.backbone
-        kwargs = dict(batch_size=cfg.batch_size, device=self.device, autocast_dtype=self.autocast_dtype)
+        kwargs = dict(
+            batch_size=cfg.batch_size, device=self.device, autocast_dtype=self.autocast_dtype,
+            channels_last=self.run.channels_last,
+        )
         bank = extract_features(backbone, data.bank_images, self.mean, self.std, **kwargs)
         queries = extract_features(backbone, data.query_images, self.mean, self.std, **kwargs)
         accuracy = knn_top1(queries, data.query_labels, bank, data.bank_labels, data.num_classes, cfg.knn_k, cfg.knn_temperature)

@@ -23,6 +23,7 @@ def extract_features(
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """L2-normalised backbone features (float32, on CPU) of uint8 images (N, H, W, C), in eval mode."""
     was_training = backbone.training
@@ -31,7 +32,7 @@ def extract_features(
     features = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].permute(0, 3, 1, 2).to(device, non_blocking=True)
-        batch = normalize(batch, mean.to(device), std.to(device))
+        batch = normalize(batch, mean.to(device), std.to(device), channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             out = backbone(batch)
         features.append(F.normalize(out.float(), dim=1).cpu())

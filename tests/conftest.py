@@ -1,0 +1,47 @@
+"""Shared fixtures: a small, learnable, prepared dataset made here (no downloads)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raysl.data.prepare import prepare
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def synthetic_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 grayscale images of 10 classes: a bright square whose position is the class, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    images = rng.integers(0, 60, (count, 28, 28)).astype(np.float32)
+    for index, label in enumerate(labels):
+        row, col = divmod(int(label), 5)
+        top, left = 3 + row * 12 + rng.integers(-1, 2), 1 + col * 5 + rng.integers(0, 2)
+        images[index, top : top + 9, left : left + 5] += 180
+    return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_idx_source(directory: Path, train: int = 2000, test: int = 300) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train, 0), ("t10k", test, 1)):
+        images, labels = synthetic_images(count, seed)
+        _write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """A prepared dataset (Parquet + manifest) of 2000 train / 300 test synthetic images."""
+    root = tmp_path_factory.mktemp("tiny")
+    source = make_idx_source(root / "idx")
+    out = root / "prepared"
+    prepare("mnist", str(source), str(out), progress=False, workers=1)
+    return str(out)

@@ -1,0 +1,154 @@
+"""Config: every kind of malformed file is rejected before Ray starts, naming the file and the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from raysl.config import RunConfig, apply_assignment, load_run_config, load_sweep_config
+from raysl.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def rejected(path: Path, *fragments: str, overrides=None, loader=load_sweep_config) -> str:
+    with pytest.raises(UserError) as caught:
+        loader(path, overrides)
+    message = str(caught.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+GOOD = """
+base:
+  epochs: 3
+  method: {name: simclr, temperature: 0.5}
+search:
+  method.temperature: {loguniform: [0.05, 1.0]}
+  optimizer.lr: {grid: [0.001, 0.01]}
+scheduler: {name: asha, grace_period: 1}
+num_samples: 2
+"""
+
+
+def test_shipped_sweep_files_validate():
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        load_sweep_config(path)
+        load_sweep_config(path, smoke=True)
+
+
+def test_good_file_loads_with_defaults_in_one_place(tmp_path):
+    sweep = load_sweep_config(write(tmp_path, GOOD))
+    assert sweep.base.epochs == 3 and sweep.base.batch_size == RunConfig().batch_size
+    assert sweep.search["optimizer.lr"].grid == [0.001, 0.01]
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("", ["empty"]),
+        ("base: [1, 2\n", ["YAML syntax error", "line"]),
+        ("- base\n- search\n", ["mapping", "list"]),
+        ("base:\n  - epochs\n", ["base", "valid dictionary"]),
+        ("base:\n  epochs: 3\n  optimizer: {lr: 0.1, momentun: 0.9}\n", ["base.optimizer.momentun", "unknown field"]),
+        ("base:\n  views:\n    crops:\n      - {count: 2, size: 28, scal: [0.2, 1]}\n", ["base.views.crops.0.scal", "unknown field"]),
+        ("base:\n  epochs: three\n", ["base.epochs", "integer"]),
+        ("base:\n  epochs: 0\n", ["base.epochs", "greater than or equal to 1"]),
+        ("base:\n  method: {name: mocov9}\n", ["base.method.name", "simclr"]),
+        ("base:\n  method: {temperature: -1}\n", ["base.method.temperature", "greater than 0"]),
+        ("base:\n  views: {crops: [{count: 2, scale: [0.9, 0.2]}]}\n", ["base.views.crops.0", "exceeds"]),
+        ("base:\n  views: {crops: [{count: 3}]}\n", ["simclr needs exactly 2 views"]),
+        ("search:\n  method.temprature: {uniform: [0.1, 0.5]}\n", ["search.method.temprature", "names no config field", "method.temperature"]),
+        ("search:\n  method.temperature: {uniform: [0.0, 0.5]}\n", ["search.method.temperature", "0.0", "greater than 0"]),
+        ("search:\n  optimizer.name: {choice: [adamw, adam]}\n", ["search.optimizer.name", "'adam'"]),
+        ("search:\n  method.temperature: {uniform: [0.1, 0.5], choice: [1]}\n", ["search.method.temperature", "exactly one"]),
+        ("search:\n  method.temperature: {normal: [0.1, 0.5]}\n", ["search.method.temperature.normal", "unknown field"]),
+        ("search:\n  resources.workers: {grid: [1, 2]}\n", ["search.resources.workers", "cannot be searched"]),
+        ("search:\n  batch_size: {choice: [256, 258]}\nbase: {resources: {workers: 4}}\n", ["batch_size=258", "multiple of resources.workers"]),
+        ("scheduler: {name: hyperband}\n", ["scheduler", "hyperband"]),
+        ("scheduler: {name: asha, grace_period: 5}\nbase: {epochs: 2}\n", ["grace_period 5 exceeds max_t 2"]),
+        ("num_samples: 0\n", ["num_samples", "greater than or equal to 1"]),
+        ("bogus: 1\n", ["bogus", "unknown field"]),
+    ],
+)
+def test_malformed_sweep_files_name_the_field(tmp_path, text, fragments):
+    rejected(write(tmp_path, text), *fragments)
+
+
+def test_search_values_are_checked_in_combination(tmp_path):
+    path = write(tmp_path, """
+    search:
+      schedule.warmup_epochs: {grid: [1, 4]}
+      epochs: {grid: [2, 8]}
+    """)
+    rejected(path, "schedule.warmup_epochs=4", "epochs=2", "exceeds epochs")
+
+
+def test_set_overrides_are_validated_the_same_way(tmp_path):
+    path = write(tmp_path, GOOD)
+    sweep = load_sweep_config(path, ["base.epochs=7", "base.optimizer={name: sgd, lr: 0.5}", "num_samples=1"])
+    assert sweep.base.epochs == 7 and sweep.base.optimizer.name == "sgd" and sweep.num_samples == 1
+    rejected(path, "base.epochs", overrides=["base.epochs=-2"])
+    rejected(path, "base.optimizer.nme", "unknown field", overrides=["base.optimizer.nme=sgd"])
+    with pytest.raises(UserError, match="expected dotted.key=value"):
+        load_sweep_config(path, ["base.epochs"])
+
+
+def test_smoke_makes_two_short_trials(tmp_path):
+    sweep = load_sweep_config(write(tmp_path, GOOD), smoke=True)
+    assert sweep.base.epochs == 1 and sweep.base.data.train_limit == 512
+    assert len(sweep.search) == 1 and len(next(iter(sweep.search.values())).grid) == 2 and sweep.num_samples == 1
+
+
+def test_run_config_file_and_trial_assignment(tmp_path):
+    path = write(tmp_path, "epochs: 2\nmethod: {temperature: 0.3}\n", "run.yaml")
+    run = load_run_config(path)
+    assert apply_assignment(run, {"method.temperature": 0.7}).method.temperature == 0.7
+    rejected(write(tmp_path, "epochs: 2\nsearch: {}\nbase: {}\n", "bad.yaml"), "unknown field", loader=load_run_config)
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raysl", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_rejects_bad_files_without_traceback_and_before_ray_starts(tmp_path):
+    bad = write(tmp_path, "base:\n  optimizer: {lr: fast}\n")
+    for command in ("validate", "sweep", "train"):
+        result = run_cli(command, str(bad))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert str(bad) in result.stderr
+        assert "starting an embedded local Ray" not in result.stdout
+        assert ("base.optimizer.lr" in result.stderr) or command == "train"
+
+
+def test_cli_validate_accepts_good_file_and_set(tmp_path):
+    result = run_cli("validate", str(write(tmp_path, GOOD)), "--set", "base.epochs=5")
+    assert result.returncode == 0, result.stderr
+    assert "valid sweep config" in result.stdout
+
+
+def test_cpu_budget_is_checked_before_ray_starts(tmp_path):
+    path = write(tmp_path, """
+    base:
+      resources: {cpus_per_worker: 1.0}
+    search:
+      method.temperature: {grid: [0.1, 0.2]}
+    max_concurrent_trials: 2
+    """)
+    result = run_cli("sweep", str(path))
+    assert result.returncode == 2
+    assert "max_concurrent_trials" in result.stderr and "Ray Data" in result.stderr
+    assert "Traceback" not in result.stderr and "starting an embedded local Ray" not in result.stdout
