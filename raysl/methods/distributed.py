@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_functional
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -13,13 +12,32 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice and returns it.
+    (torch.distributed.nn.functional.all_gather does the same but is deprecated since torch 2.10.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        rank, world_size = rank_and_world_size()
+        ctx.rank, ctx.size = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from every rank along dim 0, keeping gradients to every rank's part
-    (autograd's all_gather sums the gradients back to their owners)."""
+    """Concatenate `tensor` (same shape on every rank) from every rank along dim 0, keeping gradients
+    to every rank's part: each rank's slice gets the sum of all ranks' gradients for it."""
     _, world_size = rank_and_world_size()
     if world_size == 1:
         return tensor
-    return torch.cat(dist_functional.all_gather(tensor), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 @torch.no_grad()

@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (Python 3.11):  make quickstart   |   make test
+# Each creates or reuses .venv and installs raysl with torch/torchvision/ray pinned by constraints.txt.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: quickstart test test-fast data clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's package when this is a Debian machine and we may install;
+# elsewhere `raysl prepare fashion-mnist DIR --download --out ...` fetches it.
+data:
+	@test -d $(FASHION_MNIST) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist); } || \
+	  echo "Fashion-MNIST not at $(FASHION_MNIST): install Debian's dataset-fashion-mnist, or see README (--download)"
+
+quickstart: $(VENV)/.installed data
+	$(VENV)/bin/raysl sweep sweeps/quickstart.yaml
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) results
