@@ -268,6 +268,8 @@ class SweepConfig(Schema):
     num_samples: Annotated[int, Field(ge=1)] = 1
     """Samples of the search space (each grid point is repeated num_samples times, as in Ray Tune)."""
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
+    time_budget_minutes: Annotated[float, Field(gt=0)] | None = None
+    """Stop every trial still running after this long (wall clock); the leaderboard keeps what they reached."""
     storage_path: str = "./results"
     name: str = "sweep"
 
@@ -418,7 +420,12 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = Non
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as error:
-        raise UserError(f"{path}: invalid sweep config\n{_validation_message(error)}") from None
+        misplaced = [
+            str(item["loc"][0]) for item in error.errors()
+            if item["type"] == "extra_forbidden" and len(item["loc"]) == 1 and item["loc"][0] in RunConfig.model_fields
+        ]
+        hint = f"\n  ({', '.join(misplaced)}: run fields of a sweep go under base:, e.g. base.{misplaced[0]})" if misplaced else ""
+        raise UserError(f"{path}: invalid sweep config\n{_validation_message(error)}{hint}") from None
     check_search_space(sweep, str(path))
     if smoke:
         sweep = _smoke_search(sweep)

@@ -81,6 +81,7 @@ def test_good_file_loads_with_defaults_in_one_place(tmp_path):
         ("scheduler: {name: asha, grace_period: 5}\nbase: {epochs: 2}\n", ["grace_period 5 exceeds max_t 2"]),
         ("num_samples: 0\n", ["num_samples", "greater than or equal to 1"]),
         ("bogus: 1\n", ["bogus", "unknown field"]),
+        ("epochs: 3\n", ["epochs: unknown field", "go under base:, e.g. base.epochs"]),
     ],
 )
 def test_malformed_sweep_files_name_the_field(tmp_path, text, fragments):

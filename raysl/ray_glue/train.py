@@ -89,7 +89,11 @@ def load_eval_data(run: RunConfig, data_uri: str, manifest: dict[str, Any]) -> E
 
 
 def _view_batches(shard, batch_size: int):
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
+    # Blocks arrive in random order; the local shuffle buffer also mixes rows across batches each epoch.
+    batches = shard.iter_torch_batches(
+        batch_size=batch_size, drop_last=True, prefetch_batches=2, local_shuffle_buffer_size=4 * batch_size
+    )
+    for batch in batches:
         yield [batch[f"view_{index}"] for index in range(len(batch))]
 
 

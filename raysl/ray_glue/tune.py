@@ -160,6 +160,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 scheduler=_scheduler(sweep),
                 num_samples=sweep.num_samples,
                 max_concurrent_trials=sweep.max_concurrent_trials,
+                time_budget_s=sweep.time_budget_minutes * 60 if sweep.time_budget_minutes else None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
@@ -201,7 +202,10 @@ def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
         elif epochs >= sweep.max_epochs:
             status = "completed"
         else:
-            status = "stopped early (ASHA)" if isinstance(sweep.scheduler, ASHAConfig) else "stopped"
+            reasons = (["ASHA"] if isinstance(sweep.scheduler, ASHAConfig) else []) + (
+                ["time budget"] if sweep.time_budget_minutes else []
+            )
+            status = f"stopped early ({' or '.join(reasons)})" if reasons else "stopped early"
         search = (result.config or {}).get("search", {})
         rows.append(
             {

@@ -122,9 +122,13 @@ class Trainer:
         seconds = time.perf_counter() - started
         self.epoch += 1
         _, world_size = rank_and_world_size()
+        mean_loss = torch.tensor(loss_sum / steps, dtype=torch.float64, device=self.device)
+        if world_size > 1:  # the mean over ranks is the loss of the global batch
+            torch.distributed.all_reduce(mean_loss)
+            mean_loss /= world_size
         return {
             "epoch": self.epoch,
-            "loss": loss_sum / steps,
+            "loss": mean_loss.item(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images * world_size / seconds,
             "train_seconds": seconds,
