@@ -152,7 +152,9 @@ class ResourcesConfig(Schema):
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0.0)] = 0.0
     data_cpus: Annotated[float, Field(gt=0.0)] = 0.5
-    """CPUs each Ray Data augmentation task reserves; CPUs not reserved by trials run these tasks."""
+    """CPUs each Ray Data read task and augmentation actor reserves (from CPUs no trial reserves)."""
+    data_actors: Annotated[int, Field(ge=1)] = 1
+    """Augmentation actors per run (each a long-lived process making the views)."""
     torch_threads: Annotated[int, Field(ge=1)] | None = None
     """Threads per Train worker (None: ceil(cpus_per_worker))."""
 

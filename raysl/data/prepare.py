@@ -154,6 +154,7 @@ def ensure_prepared(
     finally:
         if filesystem.get_file_info(temporary_path).type != pafs.FileType.NotFound:
             filesystem.delete_dir(temporary_path)
+    log(f"dataset ready at {target}")
     return target
 
 

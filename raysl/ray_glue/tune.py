@@ -74,22 +74,25 @@ def count_trials(sweep: SweepConfig) -> int:
 
 
 def check_cpu_budget(sweep: SweepConfig, total_cpus: float, where: str) -> None:
-    """Trials must leave CPUs for Ray Data's augmentation tasks, or the sweep hangs (nothing can run them)."""
+    """Each running trial holds its driver, its Train workers and its augmentation actors; Ray Data's
+    read tasks need CPUs left over, or every trial waits for data forever (the sweep hangs)."""
     resources = sweep.base.resources
-    per_trial = DRIVER_CPUS + resources.workers * resources.cpus_per_worker
+    per_trial = (
+        DRIVER_CPUS + resources.workers * resources.cpus_per_worker + resources.data_actors * resources.data_cpus
+    )
     concurrent = min(sweep.max_concurrent_trials, count_trials(sweep))
     free = total_cpus - concurrent * per_trial
     if per_trial > total_cpus:
         raise UserError(
-            f"base.resources: one trial reserves {per_trial:g} CPUs ({DRIVER_CPUS} driver + workers x cpus_per_worker) "
-            f"but {where} has {total_cpus:g}"
+            f"base.resources: one trial reserves {per_trial:g} CPUs ({DRIVER_CPUS} driver + workers x cpus_per_worker "
+            f"+ data_actors x data_cpus) but {where} has {total_cpus:g}"
         )
-    if free < resources.data_cpus:
+    if free < resources.data_cpus - 1e-9:
         raise UserError(
             f"max_concurrent_trials / base.resources.cpus_per_worker: {concurrent} trials at once reserve "
             f"{concurrent * per_trial:g} of {where}'s {total_cpus:g} CPUs, leaving {max(free, 0):g}; Ray Data's "
-            f"augmentation tasks need base.resources.data_cpus = {resources.data_cpus:g} free or the sweep hangs. "
-            f"Lower max_concurrent_trials or base.resources.cpus_per_worker."
+            f"read tasks need base.resources.data_cpus = {resources.data_cpus:g} free or the sweep hangs. "
+            f"Lower max_concurrent_trials, base.resources.cpus_per_worker or base.resources.data_cpus."
         )
 
 

@@ -1,0 +1,32 @@
+"""The GPU path: bf16 autocast training steps and the kNN monitor on CUDA. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raysl.config import RunConfig
+from raysl.data.views import make_views
+from raysl.training.loop import EvalData, Trainer
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_bf16_steps_and_knn_on_cuda():
+    run = RunConfig.model_validate({"model": {"backbone": "resnet18"}, "batch_size": 64, "epochs": 1})
+    trainer = Trainer(run, 3, [0.5] * 3, [0.25] * 3, steps_per_epoch=2, device="cuda")
+    assert trainer.autocast_dtype == torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (128, 32, 32, 3), dtype=torch.uint8, generator=generator)
+    views = {**run.views.model_dump(), "crops": [{"count": 2, "size": 32}]}
+    batches = [make_views(images[i * 64 : (i + 1) * 64], type(run.views).model_validate(views), generator) for i in range(2)]
+    metrics = trainer.train_epoch(batches)
+    assert math.isfinite(metrics["loss"])
+    labels = torch.arange(128) % 10
+    result = trainer.evaluate(EvalData(images, labels, images[:32], labels[:32], 10))
+    assert 0.0 <= result["knn_top1"] <= 1.0
