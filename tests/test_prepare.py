@@ -376,7 +376,7 @@ def test_ensure_prepared_prepares_once_then_reuses(idx_dir, tmp_path, monkeypatc
     messages = []
     uri = ensure_prepared("mnist", str(directory), str(cache), image_size=14, log=messages.append)
     assert uri == f"{cache}/mnist-14" and read_manifest(uri)["image_shape"] == [14, 14, 1]
-    assert len(messages) == 1 and str(cache / "mnist-14") in messages[0]
+    assert len(messages) == 2 and str(cache / "mnist-14") in messages[0] and messages[1] == f"dataset ready at {uri}"
     assert sorted(os.listdir(cache)) == ["mnist-14"]  # no temporary left behind
 
     def fail(*args, **kwargs):
@@ -384,7 +384,7 @@ def test_ensure_prepared_prepares_once_then_reuses(idx_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(prepare_module, "prepare", fail)
     assert ensure_prepared("mnist", str(directory), str(cache), image_size=14, log=messages.append) == uri
-    assert len(messages) == 1
+    assert len(messages) == 2  # reused silently
 
 
 def test_ensure_prepared_replaces_half_written_dir(idx_dir, tmp_path):
