@@ -93,9 +93,7 @@ def command_validate(args: argparse.Namespace) -> None:
     kind = detect_file_kind(read_yaml(args.config))
     if kind == "sweep":
         sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
-        from raysl.ray_glue.tune import count_trials  # imports Ray's modules but starts nothing
-
-        _log(f"{args.config}: valid sweep config ({count_trials(sweep)} trials, {len(sweep.search)} searched keys)")
+        _log(f"{args.config}: valid sweep config ({sweep.trial_count} trials, {len(sweep.search)} searched keys)")
     else:
         load_run_config(args.config, args.set, smoke=args.smoke)
         _log(f"{args.config}: valid run config")

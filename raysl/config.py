@@ -284,6 +284,11 @@ class SweepConfig(Schema):
         return self
 
     @property
+    def trial_count(self) -> int:
+        """Trials Tune will run: the grid's points times num_samples."""
+        return math.prod(len(d.grid) for d in self.search.values() if d.grid is not None) * self.num_samples
+
+    @property
     def max_epochs(self) -> int:
         if isinstance(self.scheduler, ASHAConfig) and self.scheduler.max_t:
             return min(self.scheduler.max_t, self.base.epochs)

@@ -68,11 +68,6 @@ def _to_tune(distribution) -> Any:
     }[kind]()
 
 
-def count_trials(sweep: SweepConfig) -> int:
-    grid = math.prod(len(d.grid) for d in sweep.search.values() if d.grid is not None)
-    return grid * sweep.num_samples
-
-
 def check_cpu_budget(sweep: SweepConfig, total_cpus: float, where: str) -> None:
     """Each running trial holds its driver, its Train workers and its augmentation actors; Ray Data's
     read tasks need CPUs left over, or every trial waits for data forever (the sweep hangs)."""
@@ -80,7 +75,7 @@ def check_cpu_budget(sweep: SweepConfig, total_cpus: float, where: str) -> None:
     per_trial = (
         DRIVER_CPUS + resources.workers * resources.cpus_per_worker + resources.data_actors * resources.data_cpus
     )
-    concurrent = min(sweep.max_concurrent_trials, count_trials(sweep))
+    concurrent = min(sweep.max_concurrent_trials, sweep.trial_count)
     free = total_cpus - concurrent * per_trial
     if per_trial > total_cpus:
         raise UserError(
@@ -117,7 +112,9 @@ def _reporter(sweep: SweepConfig) -> tune.CLIReporter:
         metric_columns={METRIC: "knn_top1", "training_iteration": "epochs", "loss": "loss", "images_per_s": "img/s"},
         parameter_columns={f"search/{key}": key for key in sweep.search},
         max_report_frequency=30,
-        sort_by_metric=True,
+        # sort_by_metric=True crashes Ray 2.60's reporter when two finished trials have no result yet
+        # (e.g. cut by the time budget before their first epoch); the leaderboard is sorted instead.
+        sort_by_metric=False,
     )
 
 
@@ -173,7 +170,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 verbose=1,
             ),
         )
-        log(f"sweep '{name}': {count_trials(sweep)} trials, results in {path}")
+        log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
     results = tuner.fit()
     rows = leaderboard_rows(results, sweep)
     write_leaderboard(rows, sweep, path, log)
