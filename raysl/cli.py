@@ -113,10 +113,10 @@ def command_train(args: argparse.Namespace) -> None:
         return
     _start_ray(quiet=False)
     from raysl.ray_glue.train import build_trainer, configure_data_context
-    from raysl.ray_glue.tune import _absolute
+    from raysl.ray_glue.tune import absolute_path
 
     configure_data_context()
-    storage = _absolute(run.storage_path)
+    storage = absolute_path(run.storage_path)
     trainer = build_trainer(run, data_uri, storage_path=storage, name=run.name, git_commit=_git_commit(), label=run.name)
     try:
         result = trainer.fit()

@@ -28,9 +28,9 @@ SMALL_RUN = {
 }
 
 
-def raysl(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def raysl(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "raysl", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+        [sys.executable, "-m", "raysl", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
     assert result.returncode == 0, f"raysl {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
@@ -44,14 +44,16 @@ def test_asha_sweep_end_to_end(tiny_dataset, tmp_path):
         "search": {"optimizer.lr": {"grid": [0.01, 0.02, 1e-7, 2e-7]}},
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
         "max_concurrent_trials": 2,
-        "storage_path": str(tmp_path / "results"),
+        "storage_path": "results",  # relative to where the user runs raysl, not to a trial's working dir
         "name": "it",
     }
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(sweep))
-    result = raysl("sweep", str(sweep_file))
+    result = raysl("sweep", str(sweep_file), cwd=tmp_path)
     experiment = Path(result.stdout.strip().splitlines()[-1])
     assert experiment == tmp_path / "results" / "it"
+    for row_trial in ("00000", "00001"):
+        assert list(experiment.glob(f"train/*_{row_trial}/checkpoint_*")), "Train checkpoints not in the experiment"
 
     with open(experiment / "leaderboard.csv") as handle:
         rows = list(csv.DictReader(handle))

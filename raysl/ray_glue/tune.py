@@ -48,12 +48,12 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     trainer.fit()
 
 
-def _absolute(path: str) -> str:
+def absolute_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def experiment_path(sweep: SweepConfig, name: str | None = None) -> str:
-    return f"{_absolute(sweep.storage_path).rstrip('/')}/{name or sweep.name}"
+    return f"{absolute_path(sweep.storage_path).rstrip('/')}/{name or sweep.name}"
 
 
 def _to_tune(distribution) -> Any:
@@ -130,7 +130,7 @@ def fresh_experiment_name(sweep: SweepConfig) -> str:
 def latest_experiment_name(sweep: SweepConfig) -> str:
     """For --resume: the newest of name, name_2, ... that Tune can restore."""
     candidates = [sweep.name]
-    root = Path(_absolute(sweep.storage_path))
+    root = Path(absolute_path(sweep.storage_path))
     if root.is_dir():
         candidates += [p.name for p in root.glob(f"{sweep.name}_*") if p.name.rsplit("_", 1)[-1].isdigit()]
     restorable = [name for name in candidates if tune.Tuner.can_restore(experiment_path(sweep, name))]
@@ -142,6 +142,8 @@ def latest_experiment_name(sweep: SweepConfig) -> str:
 def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: bool = False, log=print) -> str:
     """Run (or resume) the sweep; write leaderboard.csv and best_config.yaml; return the experiment path."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table: trial, swept values, knn_top1, epochs, status
+    # Trials run in their own working directories: resolve a relative storage path here, once.
+    sweep = sweep.model_copy(update={"storage_path": absolute_path(sweep.storage_path)})
     trainable = _trainable(sweep, data_uri, git_commit)
     if resume:
         name = latest_experiment_name(sweep)
@@ -165,7 +167,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=_absolute(sweep.storage_path),
+                storage_path=absolute_path(sweep.storage_path),
                 progress_reporter=_reporter(sweep),
                 verbose=1,
             ),
