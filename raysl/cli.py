@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from raysl.config import (
-    KINDS, RunConfig, SweepConfig, detect_file_kind, load_run_config, load_sweep_config, read_yaml,
+    KINDS, RunConfig, detect_file_kind, load_run_config, load_sweep_config, read_yaml,
 )
 from raysl.errors import UserError
 

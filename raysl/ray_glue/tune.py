@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import ray
-import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -99,7 +97,9 @@ def _trainable(sweep: SweepConfig, data_uri: str, git_commit: str):
 def _scheduler(sweep: SweepConfig):
     if isinstance(sweep.scheduler, ASHAConfig):
         return tune.schedulers.ASHAScheduler(
-            time_attr="training_iteration",
+            # The run's own epoch, not Tune's report count: that restarts at 1 when a sweep is resumed,
+            # while the Train run continues from its checkpoint's epoch.
+            time_attr="epoch",
             max_t=sweep.max_epochs,
             grace_period=sweep.scheduler.grace_period,
             reduction_factor=sweep.scheduler.reduction_factor,
@@ -109,7 +109,7 @@ def _scheduler(sweep: SweepConfig):
 
 def _reporter(sweep: SweepConfig) -> tune.CLIReporter:
     return tune.CLIReporter(
-        metric_columns={METRIC: "knn_top1", "training_iteration": "epochs", "loss": "loss", "images_per_s": "img/s"},
+        metric_columns={METRIC: "knn_top1", "epoch": "epochs", "loss": "loss", "images_per_s": "img/s"},
         parameter_columns={f"search/{key}": key for key in sweep.search},
         max_report_frequency=30,
         # sort_by_metric=True crashes Ray 2.60's reporter when two finished trials have no result yet
@@ -198,7 +198,7 @@ def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
         history = result.metrics_dataframe
         metrics = result.metrics or {}
         knn_values = history[METRIC].dropna().tolist() if history is not None and METRIC in history else []
-        epochs = int(metrics.get("training_iteration", 0) or 0)
+        epochs = int(metrics.get("epoch", 0) or 0)
         if result.error is not None:
             status = f"error: {type(result.error).__name__}"
         elif epochs >= sweep.max_epochs:
