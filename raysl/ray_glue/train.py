@@ -17,7 +17,7 @@ import ray.train.torch
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.data.prepare import load_split, read_manifest, split_files
+from raysl.data.prepare import read_manifest, split_files
 from raysl.data.views import make_views
 from raysl.training.loop import EvalData, Trainer
 
@@ -86,16 +86,6 @@ def train_images(run: RunConfig, manifest: dict[str, Any]) -> int:
     return min(count, run.data.train_limit) if run.data.train_limit else count
 
 
-def load_eval_data(run: RunConfig, data_uri: str, manifest: dict[str, Any]) -> EvalData:
-    bank_images, bank_labels = load_split(data_uri, "train", limit=run.evaluation.bank_limit)
-    query_images, query_labels = load_split(data_uri, "test", limit=run.evaluation.query_limit)
-    return EvalData(
-        torch.from_numpy(bank_images), torch.from_numpy(bank_labels),
-        torch.from_numpy(query_images), torch.from_numpy(query_labels),
-        num_classes=len(manifest["class_names"]),
-    )
-
-
 def _view_batches(shard, batch_size: int):
     # Blocks arrive in random order; the local shuffle buffer also mixes rows across batches each epoch.
     batches = shard.iter_torch_batches(
@@ -130,7 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as directory:
             trainer.load(directory)
-    eval_data = load_eval_data(run, data_uri, manifest) if rank == 0 else None
+    eval_data = EvalData.from_dataset(run, data_uri, manifest) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     while trainer.epoch < run.epochs:
         metrics = trainer.train_epoch(_view_batches(shard, run.batch_size // world_size))

@@ -31,12 +31,7 @@ def train_in_process(run: RunConfig, data_uri: str, *, git_commit: str = "unknow
     """Train `run` on a prepared dataset; checkpoint every epoch under storage_path/name (resumes from it)."""
     manifest = read_manifest(data_uri)
     train_images, _ = load_split(data_uri, "train", limit=run.data.train_limit)
-    bank_images, bank_labels = load_split(data_uri, "train", limit=run.evaluation.bank_limit)
-    query_images, query_labels = load_split(data_uri, "test", limit=run.evaluation.query_limit)
-    eval_data = EvalData(
-        torch.from_numpy(bank_images), torch.from_numpy(bank_labels),
-        torch.from_numpy(query_images), torch.from_numpy(query_labels), len(manifest["class_names"]),
-    )
+    eval_data = EvalData.from_dataset(run, data_uri, manifest)
     images = torch.from_numpy(train_images)
     trainer = Trainer(
         run, manifest["image_shape"][2], manifest["mean"], manifest["std"],

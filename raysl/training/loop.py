@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from raysl.config import RunConfig
+from raysl.data.prepare import load_split
 from raysl.data.views import normalize
 from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
@@ -40,6 +41,17 @@ class EvalData:
     query_images: torch.Tensor
     query_labels: torch.Tensor
     num_classes: int
+
+    @classmethod
+    def from_dataset(cls, run: RunConfig, data_uri: str, manifest: dict[str, Any]) -> EvalData:
+        """The protocol's bank (clean train split) and queries (test split) of a prepared dataset."""
+        bank_images, bank_labels = load_split(data_uri, "train", limit=run.evaluation.bank_limit)
+        query_images, query_labels = load_split(data_uri, "test", limit=run.evaluation.query_limit)
+        return cls(
+            torch.from_numpy(bank_images), torch.from_numpy(bank_labels),
+            torch.from_numpy(query_images), torch.from_numpy(query_labels),
+            num_classes=len(manifest["class_names"]),
+        )
 
 
 def autocast_dtype(run: RunConfig, device: torch.device) -> torch.dtype | None:
