@@ -167,7 +167,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=absolute_path(sweep.storage_path),
+                storage_path=sweep.storage_path,  # made absolute above
                 progress_reporter=_reporter(sweep),
                 verbose=1,
             ),
