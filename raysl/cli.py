@@ -33,6 +33,11 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _log_notes(notes: list[str]) -> None:
+    for note in notes:
+        _log(note)
+
+
 def resolve_data(run: RunConfig) -> str:
     """The prepared dataset's URI: data.path, or a cached copy of data.kind prepared on first use."""
     from raysl.data.prepare import ensure_prepared, read_manifest
@@ -93,9 +98,11 @@ def command_validate(args: argparse.Namespace) -> None:
     kind = detect_file_kind(read_yaml(args.config))
     if kind == "sweep":
         sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
+        _log_notes(sweep.notes)
         _log(f"{args.config}: valid sweep config ({sweep.trial_count} trials, {len(sweep.search)} searched keys)")
     else:
-        load_run_config(args.config, args.set, smoke=args.smoke)
+        run = load_run_config(args.config, args.set, smoke=args.smoke)
+        _log_notes(run.notes())
         _log(f"{args.config}: valid run config")
 
 
@@ -103,6 +110,7 @@ def command_train(args: argparse.Namespace) -> None:
     if detect_file_kind(read_yaml(args.config)) == "sweep":
         raise UserError(f"{args.config}: this is a sweep file (it has base/search/scheduler); run it with `raysl sweep`")
     run = load_run_config(args.config, args.set, smoke=args.smoke)
+    _log_notes(run.notes())
     _gpu_check(run, "resources")
     data_uri = resolve_data(run)
     if args.local:
@@ -131,6 +139,7 @@ def command_sweep(args: argparse.Namespace) -> None:
     if detect_file_kind(read_yaml(args.config)) == "run":
         raise UserError(f"{args.config}: this is a run config (no base/search/scheduler); run it with `raysl train`")
     sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
+    _log_notes(sweep.notes)
     _gpu_check(sweep.base, "base.resources")
     from raysl.ray_glue.tune import check_cpu_budget, run_sweep
 

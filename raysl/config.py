@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from raysl.errors import UserError
 
@@ -68,13 +68,95 @@ class ModelConfig(Schema):
     projector_out: Annotated[int, Field(ge=8)] = 128
 
 
+Temperature = Annotated[float, Field(gt=0.0, le=10.0)]
+Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class SimCLRConfig(Schema):
     name: Literal["simclr"] = "simclr"
-    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 0.5
+    temperature: Temperature = 0.5
 
 
-# Later methods join this union (discriminated by `name`).
-MethodConfig = SimCLRConfig
+class MoCoConfig(Schema):
+    """MoCo v2: query encoder, EMA key encoder, a queue of negatives (raysl/methods/moco.py)."""
+
+    name: Literal["moco"] = "moco"
+    temperature: Temperature = 0.2
+    queue_size: Annotated[int, Field(ge=1)] = 4096
+    """K keys kept as negatives; a multiple of the keys enqueued per step (global batch, x2 if symmetric)."""
+    momentum: Momentum = 0.99
+    """Key encoder EMA: theta_k <- m theta_k + (1 - m) theta_q after each optimiser step."""
+    momentum_schedule: Literal["fixed", "cosine"] = "fixed"
+    """cosine: m rises from `momentum` to 1 over the run (as BYOL's target)."""
+    symmetric: bool = False
+    """Also use view 2 as queries against view 1's keys (MoCo CIFAR demo: +2-3 kNN points)."""
+    shuffle_bn_groups: Annotated[int, Field(ge=1)] = 4
+    """Shuffle-BN: keys are encoded in this many random groups per rank (after a shuffle across ranks),
+    so a key's batch statistics never come from the batch its query saw."""
+
+
+class SimSiamConfig(Schema):
+    """SimSiam: predictor on one branch, stop-gradient on the other, symmetrised negative cosine."""
+
+    name: Literal["simsiam"] = "simsiam"
+    predictor_hidden: Annotated[int, Field(ge=8)] = 128
+    """Bottleneck of the predictor MLP (the paper: a quarter of the projector's output)."""
+
+
+class BYOLConfig(Schema):
+    """BYOL: online network + predictor regressing an EMA target network's projections."""
+
+    name: Literal["byol"] = "byol"
+    momentum: Momentum = 0.99
+    """Base target EMA rate tau; it rises to 1 on a cosine schedule over the run."""
+    predictor_hidden: Annotated[int, Field(ge=8)] = 512
+
+
+class WMSEConfig(Schema):
+    """W-MSE: whitened embeddings, MSE between every pair of an image's views (views.crops count = d)."""
+
+    name: Literal["wmse"] = "wmse"
+    w_size: Annotated[int, Field(ge=2)] = 128
+    """Sub-batch whitened together; must exceed model.projector_out (about 2x is safe) and divide the batch."""
+    w_iter: Annotated[int, Field(ge=1, le=16)] = 1
+    """Repetitions with a fresh random split of the batch into sub-batches."""
+    eps: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Covariance shrinkage: whiten with (1 - eps) cov + eps I."""
+
+
+class LoGoMoCoConfig(MoCoConfig):
+    """LoGo over MoCo: l_gg + l_lg + ll_weight x l_ll (raysl/methods/logo.py)."""
+
+    name: Literal["logo-moco"] = "logo-moco"  # type: ignore[assignment]
+    ll_weight: Annotated[float, Field(ge=0.0)] = 5e-4
+    """lambda: weight of the local-to-local dissimilarity term."""
+    affinity_hidden: Annotated[int, Field(ge=8)] = 256
+    """Hidden width of the learned affinity (the MLP that scores a pair of local crops)."""
+
+
+class LoGoSimSiamConfig(SimSiamConfig):
+    """LoGo over SimSiam: l_gg + l_lg + ll_weight x l_ll (raysl/methods/logo.py)."""
+
+    name: Literal["logo-simsiam"] = "logo-simsiam"  # type: ignore[assignment]
+    ll_weight: Annotated[float, Field(ge=0.0)] = 1e-4
+    affinity_hidden: Annotated[int, Field(ge=8)] = 256
+
+
+def _method_name(value: Any) -> str:
+    """The union's tag: method.name, simclr when not given."""
+    if isinstance(value, dict):
+        return value.get("name", "simclr")
+    return getattr(value, "name", "simclr")
+
+
+METHOD_CONFIGS = {
+    "simclr": SimCLRConfig, "moco": MoCoConfig, "simsiam": SimSiamConfig, "byol": BYOLConfig, "wmse": WMSEConfig,
+    "logo-moco": LoGoMoCoConfig, "logo-simsiam": LoGoSimSiamConfig,
+}
+MethodConfig = Annotated[
+    Union[tuple(Annotated[config, Tag(name)] for name, config in METHOD_CONFIGS.items())],  # type: ignore[misc]
+    Discriminator(_method_name),
+]
 
 
 class OptimizerConfig(Schema):
@@ -95,6 +177,8 @@ class ScheduleConfig(Schema):
 
 class CropSpec(Schema):
     count: Annotated[int, Field(ge=1, le=16)] = 2
+    role: Literal["global", "local"] = "global"
+    """LoGo: global crops (scale lower bound r_g) or local crops (scale upper bound r_l); others: global."""
     size: Annotated[int, Field(ge=8, le=1024)] = 28
     scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.3, 1.0)
     ratio: tuple[Positive, Positive] = (3 / 4, 4 / 3)
@@ -188,13 +272,75 @@ class RunConfig(Schema):
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of resources.workers {self.resources.workers}"
             )
-        if self.method.name == "simclr":
-            sizes = {spec.size for spec in self.views.crops}
-            if self.views.num_views != 2 or len(sizes) != 1:
-                raise ValueError("simclr needs exactly 2 views of one size (views.crops: one spec with count 2)")
+        self._check_views()
+        self._check_method()
         if self.schedule.warmup_epochs > self.epochs:
             raise ValueError(f"schedule.warmup_epochs {self.schedule.warmup_epochs} exceeds epochs {self.epochs}")
         return self
+
+    def _check_views(self) -> None:
+        name, crops = self.method.name, self.views.crops
+        if name.startswith("logo-"):
+            roles = {role: [spec for spec in crops if spec.role == role] for role in ("global", "local")}
+            for role, specs in roles.items():
+                if sum(spec.count for spec in specs) < 2:
+                    raise ValueError(
+                        f"{name} needs at least 2 {role} crops (views.crops: a spec with role {role} and count >= 2)"
+                    )
+                if len({spec.size for spec in specs}) != 1:
+                    raise ValueError(f"{name}: every {role} crop spec needs the same size (one backbone pass per size)")
+            return
+        if any(spec.role == "local" for spec in crops):
+            raise ValueError(f"views.crops: role local is for logo-moco / logo-simsiam; {name} takes global crops only")
+        sizes = {spec.size for spec in crops}
+        if name == "wmse":
+            if self.views.num_views < 2 or len(sizes) != 1:
+                raise ValueError("wmse needs 2 or more views of one size (views.crops: count = positives per image)")
+        elif self.views.num_views != 2 or len(sizes) != 1:
+            raise ValueError(f"{name} needs exactly 2 views of one size (views.crops: one spec with count 2)")
+
+    def _check_method(self) -> None:
+        method = self.method
+        if isinstance(method, MoCoConfig):
+            if method.name == "logo-moco":
+                per_image = sum(spec.count for spec in self.views.crops if spec.role == "global")
+                what = f"the global batch x {per_image} (every global view's keys are enqueued)"
+            else:
+                per_image = 2 if method.symmetric else 1
+                what = "the global batch" + (" x 2 (symmetric: both views' keys are enqueued)" if per_image == 2 else "")
+            enqueued = self.batch_size * per_image
+            if method.queue_size % enqueued:
+                raise ValueError(
+                    f"method.queue_size {method.queue_size} must be a multiple of the keys enqueued per step: "
+                    f"{what} = {enqueued}"
+                )
+            per_rank = self.batch_size // self.resources.workers
+            if per_rank < 2 * method.shuffle_bn_groups:
+                raise ValueError(
+                    f"method.shuffle_bn_groups {method.shuffle_bn_groups} leaves fewer than 2 images per batch-norm "
+                    f"group of a worker's batch ({per_rank} images)"
+                )
+        if isinstance(method, WMSEConfig):
+            if method.w_size <= self.model.projector_out:
+                raise ValueError(
+                    f"method.w_size {method.w_size} must exceed the embedding dim model.projector_out "
+                    f"{self.model.projector_out} (whitening needs a full-rank covariance; about 2x is safe)"
+                )
+            if self.batch_size % method.w_size:
+                raise ValueError(f"method.w_size {method.w_size} must divide batch_size {self.batch_size}")
+
+    def notes(self) -> list[str]:
+        """Things allowed but worth a line in the log."""
+        notes = []
+        if self.method.name.startswith("logo-"):
+            r_g = min(spec.scale[0] for spec in self.views.crops if spec.role == "global")
+            r_l = max(spec.scale[1] for spec in self.views.crops if spec.role == "local")
+            if r_l > r_g:
+                notes.append(
+                    f"note: local crops' scale upper bound r_l={r_l} exceeds the global crops' lower bound r_g={r_g}: "
+                    "some local crops may be as large as global ones (allowed; LoGo assumes r_l <= r_g)"
+                )
+        return notes
 
 
 # ----------------------------------------------------------------------------- sweep config
@@ -274,6 +420,12 @@ class SweepConfig(Schema):
     """Stop every trial still running after this long (wall clock); the leaderboard keeps what they reached."""
     storage_path: str = "./results"
     name: str = "sweep"
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    """Notes (allowed but worth a log line) of the base and of every value the search can draw."""
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes or self.base.notes()
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:
@@ -299,8 +451,11 @@ class SweepConfig(Schema):
 
 
 def _format_location(location: tuple[Any, ...]) -> str:
-    # pydantic puts union member tags (e.g. 'asha') into locations; they help, so keep them.
-    return ".".join(str(part) for part in location) or "(top level)"
+    # pydantic puts union member tags into locations: a scheduler's ('asha') helps, so it stays; a
+    # method's repeats method.name and is dropped (method.temperature, not method.simclr.temperature).
+    parts = [str(part) for index, part in enumerate(location)
+             if not (index and location[index - 1] == "method" and part in METHOD_CONFIGS)]
+    return ".".join(parts)
 
 
 def _validation_message(error: ValidationError, prefix: str = "") -> str:
@@ -312,7 +467,11 @@ def _validation_message(error: ValidationError, prefix: str = "") -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
-        lines.append(f"  {field}: {message}")
+        if item["type"] == "union_tag_invalid":  # e.g. method.name: an unknown method
+            field = f"{field}.{item['ctx']['discriminator'].strip(chr(39))}" if "'" in item["ctx"]["discriminator"] else f"{field}.name"
+            message = f"unknown {item['ctx']['tag']!r}; choose one of {item['ctx']['expected_tags']}"
+        # Cross-field rules (no location) name their fields in the message.
+        lines.append(f"  {field}: {message}" if field else f"  {message}")
     return "\n".join(lines)
 
 
@@ -433,9 +592,10 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = Non
         ]
         hint = f"\n  ({', '.join(misplaced)}: run fields of a sweep go under base:, e.g. base.{misplaced[0]})" if misplaced else ""
         raise UserError(f"{path}: invalid sweep config\n{_validation_message(error)}{hint}") from None
-    check_search_space(sweep, str(path))
+    notes = check_search_space(sweep, str(path))
     if smoke:
         sweep = _smoke_search(sweep)
+    sweep._notes = notes
     return sweep
 
 
@@ -469,12 +629,14 @@ def _field_paths(data: Any, prefix: str = "") -> list[str]:
 MAX_COMBINATIONS = 4096
 
 
-def check_search_space(sweep: SweepConfig, source: str) -> None:
+def check_search_space(sweep: SweepConfig, source: str) -> list[str]:
     """Every search key must name a run-config field, and every value the search can draw must validate.
 
     Values are checked per key and, where the product is small, in every combination of the keys'
-    values / extremes (so cross-field rules see the values together).
+    values / extremes (so cross-field rules see the values together). Returns the notes (RunConfig.notes)
+    of the base and of those values, each with the values that raise it.
     """
+    notes: dict[str, None] = {note: None for note in sweep.base.notes()}
     base = sweep.base.model_dump(mode="json")
     known = set(_field_paths(base))
     for key in sweep.search:
@@ -493,7 +655,7 @@ def check_search_space(sweep: SweepConfig, source: str) -> None:
         for key, value in assignment.items():
             set_dotted(data, key, value, source=f"search.{key}")
         try:
-            RunConfig.model_validate(data)
+            run = RunConfig.model_validate(data)
         except ValidationError as error:
             drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
             keys = ", ".join(f"search.{key}" for key in assignment)
@@ -501,6 +663,9 @@ def check_search_space(sweep: SweepConfig, source: str) -> None:
                 f"{source}: {keys}: the search can draw {drawn}, which the schema rejects:\n"
                 f"{_validation_message(error, prefix='base')}"
             ) from None
+        drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
+        for note in run.notes():
+            notes.setdefault(f"{note} [search: {drawn}]")
 
     candidates = {key: distribution.values_to_check() for key, distribution in sweep.search.items()}
     for key, values in candidates.items():
@@ -509,6 +674,7 @@ def check_search_space(sweep: SweepConfig, source: str) -> None:
     if len(candidates) > 1 and math.prod(len(values) for values in candidates.values()) <= MAX_COMBINATIONS:
         for combination in itertools.product(*candidates.values()):
             check(dict(zip(candidates, combination)))
+    return list(notes)
 
 
 def _lookup(data: Any, key: str) -> Any:

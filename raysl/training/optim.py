@@ -46,12 +46,14 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    # Momentum encoders (MoCo's key encoder, BYOL's target) are parameters without gradients: not stepped.
+    params = [param for param in model.parameters() if param.requires_grad]
     if config.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.name == "lars":
-        return LARS(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, trust=config.lars_trust)
+        return LARS(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, trust=config.lars_trust)
     if config.name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.name!r}")
 
 
