@@ -636,7 +636,8 @@ def check_search_space(sweep: SweepConfig, source: str) -> list[str]:
     values / extremes (so cross-field rules see the values together). Returns the notes (RunConfig.notes)
     of the base and of those values, each with the values that raise it.
     """
-    notes: dict[str, None] = {note: None for note in sweep.base.notes()}
+    base_notes = sweep.base.notes()
+    drawn_notes: dict[str, list[str]] = {}  # note -> the drawn values that raise it
     base = sweep.base.model_dump(mode="json")
     known = set(_field_paths(base))
     for key in sweep.search:
@@ -665,7 +666,8 @@ def check_search_space(sweep: SweepConfig, source: str) -> list[str]:
             ) from None
         drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
         for note in run.notes():
-            notes.setdefault(f"{note} [search: {drawn}]")
+            if note not in base_notes:
+                drawn_notes.setdefault(note, []).append(drawn)
 
     candidates = {key: distribution.values_to_check() for key, distribution in sweep.search.items()}
     for key, values in candidates.items():
@@ -674,7 +676,10 @@ def check_search_space(sweep: SweepConfig, source: str) -> list[str]:
     if len(candidates) > 1 and math.prod(len(values) for values in candidates.values()) <= MAX_COMBINATIONS:
         for combination in itertools.product(*candidates.values()):
             check(dict(zip(candidates, combination)))
-    return list(notes)
+    return base_notes + [
+        f"{note} [the search can draw it, e.g. {draws[-1]}" + (f"; {len(draws)} checked draws do]" if len(draws) > 1 else "]")
+        for note, draws in drawn_notes.items()
+    ]
 
 
 def _lookup(data: Any, key: str) -> Any:

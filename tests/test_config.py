@@ -153,3 +153,89 @@ def test_cpu_budget_is_checked_before_ray_starts(tmp_path):
     assert result.returncode == 2
     assert "max_concurrent_trials" in result.stderr and "Ray Data" in result.stderr
     assert "Traceback" not in result.stderr and "starting an embedded local Ray" not in result.stdout
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        # K must be a multiple of the keys enqueued per step: the global batch (x2 when symmetric)
+        ("base:\n  batch_size: 128\n  method: {name: moco, queue_size: 1000}\n",
+         ["method.queue_size 1000", "multiple", "global batch = 128"]),
+        ("base:\n  batch_size: 128\n  method: {name: moco, queue_size: 384, symmetric: true}\n",
+         ["method.queue_size 384", "x 2", "256"]),
+        ("base:\n  batch_size: 64\n  method: {name: moco, queue_size: 64, shuffle_bn_groups: 64}\n",
+         ["method.shuffle_bn_groups"]),
+        ("base:\n  model: {projector_out: 128}\n  method: {name: wmse, w_size: 128}\n",
+         ["method.w_size 128", "model.projector_out 128"]),
+        ("base:\n  batch_size: 200\n  model: {projector_out: 16}\n  method: {name: wmse, w_size: 64}\n",
+         ["method.w_size 64", "divide batch_size 200"]),
+        ("base:\n  method: {name: dino}\n", ["base.method.name", "unknown 'dino'", "moco", "logo-simsiam"]),
+        ("base:\n  method: {name: moco, temperature: 0.2, queue: 10}\n", ["base.method.queue", "unknown field"]),
+        ("base:\n  method: {name: logo-moco, queue_size: 512}\n", ["logo-moco needs at least 2 local crops"]),
+        ("base:\n  method: {name: byol}\n  views: {crops: [{count: 4}]}\n", ["byol needs exactly 2 views"]),
+        ("base:\n  views: {crops: [{count: 1}, {count: 1, role: local, size: 14}]}\n", ["role local is for logo"]),
+    ],
+)
+def test_method_rules_name_the_field(tmp_path, text, fragments):
+    rejected(write(tmp_path, text), *fragments)
+
+
+def test_every_queue_size_a_search_can_draw_is_checked(tmp_path):
+    text = """
+    base:
+      batch_size: 128
+      method: {name: moco}
+    search:
+      method.queue_size: {grid: [1024, 4096, 5000]}
+    """
+    rejected(write(tmp_path, text), "search.method.queue_size", "5000", "multiple")
+    # ... including against another searched field (a batch the queue is no multiple of)
+    text = """
+    base:
+      method: {name: moco, queue_size: 1024}
+    search:
+      batch_size: {grid: [128, 384]}
+    """
+    rejected(write(tmp_path, text), "batch_size=384", "method.queue_size 1024")
+    text = """
+    base:
+      model: {projector_out: 64}
+      batch_size: 256
+      method: {name: wmse}
+    search:
+      method.w_size: {grid: [128, 64]}
+    """
+    rejected(write(tmp_path, text), "method.w_size=64", "must exceed")
+
+
+def test_logo_crop_bounds_are_searchable_and_overlap_is_flagged_not_refused(tmp_path):
+    text = """
+    base:
+      method: {name: logo-simsiam}
+      views:
+        crops:
+          - {count: 2, size: 28, scale: [0.5, 1.0], role: global}
+          - {count: 2, size: 14, scale: [0.1, 0.3], role: local}
+    search:
+      views.crops.0.scale.0: {uniform: [0.3, 0.6]}
+      views.crops.1.scale.1: {grid: [0.2, 0.5]}
+      method.ll_weight: {loguniform: [0.00001, 0.001]}
+    """
+    sweep = load_sweep_config(write(tmp_path, text))
+    assert sweep.base.method.ll_weight == pytest.approx(1e-4)  # the LoGo-over-SimSiam default
+    assert len(sweep.notes) == 1 and "r_l=0.5 exceeds" in sweep.notes[0] and "r_g=0.3" in sweep.notes[0]
+    trial = apply_assignment(sweep.base, {"views.crops.0.scale.0": 0.4, "views.crops.1.scale.1": 0.2})
+    assert trial.views.crops[0].scale == (0.4, 1.0) and trial.views.crops[1].scale == (0.1, 0.2) and not trial.notes()
+    assert RunConfig.model_validate({"method": {"name": "logo-moco", "queue_size": 512}, "batch_size": 256, "views": {"crops": [
+        {"count": 2, "role": "global"}, {"count": 2, "size": 14, "role": "local"}]}}).method.ll_weight == pytest.approx(5e-4)
+
+
+def test_cli_prints_the_overlap_note(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "raysl", "validate", str(ROOT / "sweeps" / "logo-moco.yaml")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0 and "note: local crops' scale upper bound" in result.stdout
