@@ -24,7 +24,7 @@ def leaderboard(experiment: Path) -> list[dict]:
 
 def last_state(experiment: Path, method_name: str) -> dict:
     for trial in experiment.glob("train/*"):
-        checkpoints = sorted(trial.glob("checkpoint_*"))
+        checkpoints = sorted(path for path in trial.glob("checkpoint_*") if (path / "state.pt").is_file())
         if checkpoints:
             state = torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=True)
             if state["config"]["method"]["name"] == method_name:
@@ -71,6 +71,7 @@ def test_logo_over_moco_and_simsiam_on_two_workers(tiny_dataset, tmp_path):
     base = {
         "data": {"path": tiny_dataset},
         "optimizer": {"lr": 0.01},
+        "method": {"name": "logo-moco", "queue_size": 512},  # searched below; the base must be valid too
         "views": {"crops": [
             {"count": 2, "size": 28, "scale": [0.4, 1.0], "role": "global"},
             {"count": 2, "size": 14, "scale": [0.05, 0.4], "role": "local"},
