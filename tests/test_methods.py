@@ -63,6 +63,8 @@ def test_every_method_trains_two_steps_on_cpu_with_a_finite_loss(name):
     before = [p.detach().clone() for p in trainer.method.backbone.parameters()]
     metrics = trainer.train_epoch(batches)
     assert math.isfinite(metrics["loss"]) and metrics["epoch"] == 1
+    if name.startswith("logo-"):  # LoGo's terms are reported per epoch too (Tune, TensorBoard)
+        assert {"l_gg", "l_lg", "l_ll", "l_omega"} <= set(metrics)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.method.backbone.parameters()))
 
 
