@@ -655,16 +655,15 @@ def check_search_space(sweep: SweepConfig, source: str) -> list[str]:
         data = copy.deepcopy(base)
         for key, value in assignment.items():
             set_dotted(data, key, value, source=f"search.{key}")
+        drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
         try:
             run = RunConfig.model_validate(data)
         except ValidationError as error:
-            drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
             keys = ", ".join(f"search.{key}" for key in assignment)
             raise UserError(
                 f"{source}: {keys}: the search can draw {drawn}, which the schema rejects:\n"
                 f"{_validation_message(error, prefix='base')}"
             ) from None
-        drawn = ", ".join(f"{key}={value!r}" for key, value in assignment.items())
         for note in run.notes():
             if note not in base_notes:
                 drawn_notes.setdefault(note, []).append(drawn)

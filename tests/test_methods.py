@@ -350,7 +350,7 @@ def test_logo_loss_is_l_gg_plus_l_lg_plus_lambda_l_ll_plus_omegas_objective(name
     views = [v.float() / 255 for v in make_views(torch.randint(0, 256, (32, 28, 28, 1), dtype=torch.uint8), run.views, torch.Generator().manual_seed(0))]
     assert [v.shape[-1] for v in views] == [28, 28, 14, 14]
     loss = method(views)
-    t = method.last_terms
+    t = {name: term.item() for name, term in method.last_terms.items()}
     assert loss.item() == pytest.approx(t["l_gg"] + t["l_lg"] + run.method.ll_weight * t["l_ll"] + t["l_omega"], rel=1e-5)
     if name == "logo-moco":
         assert int(method.base.queue.pointer) == 64  # both global views' keys enqueued, no local ones

@@ -98,7 +98,8 @@ class LoGo(nn.Module):
         self.roles = list(roles)
         self.base = MoCo(model, method, in_channels) if method.name == "logo-moco" else SimSiam(model, method, in_channels)
         self.affinity = Affinity(model.projector_out, method.affinity_hidden)
-        self.last_terms: dict[str, float] = {}
+        self.last_terms: dict[str, torch.Tensor] = {}
+        """The last step's loss terms, detached (read once an epoch: no device sync per step)."""
 
     @property
     def backbone(self) -> nn.Module:
@@ -121,7 +122,9 @@ class LoGo(nn.Module):
             l_gg, l_lg, local_embeddings = self._simsiam_terms(globals_, locals_)
         l_ll = local_local_loss(self.affinity, local_embeddings)
         l_omega = affinity_training_loss(self.affinity, local_embeddings)
-        self.last_terms = {"l_gg": l_gg.item(), "l_lg": l_lg.item(), "l_ll": l_ll.item(), "l_omega": l_omega.item()}
+        self.last_terms = {
+            name: term.detach() for name, term in (("l_gg", l_gg), ("l_lg", l_lg), ("l_ll", l_ll), ("l_omega", l_omega))
+        }
         return l_gg + l_lg + self.config.ll_weight * l_ll + l_omega
 
     def _moco_terms(self, globals_, locals_):

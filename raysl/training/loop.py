@@ -103,7 +103,7 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         loss_sum, images, steps = 0.0, 0, 0
-        term_sums: dict[str, float] = {}  # a method's loss terms (LoGo's l_gg, l_lg, l_ll, ...), this rank's
+        term_sums: dict[str, torch.Tensor] = {}  # a method's loss terms (LoGo's l_gg, l_lg, ...), this rank's
         for views in batches:
             if steps >= self.steps_per_epoch:
                 break
@@ -129,7 +129,7 @@ class Trainer:
             self.method.after_step(self.step, self.steps_per_epoch * self.run.epochs)
             loss_sum += loss_value
             for name, value in getattr(self.method, "last_terms", {}).items():
-                term_sums[name] = term_sums.get(name, 0.0) + value
+                term_sums[name] = term_sums[name] + value if name in term_sums else value
             images += views[0].shape[0]
             steps += 1
         if steps == 0:
@@ -147,7 +147,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images * world_size / seconds,
             "train_seconds": seconds,
-            **{name: total / steps for name, total in term_sums.items()},
+            **{name: total.item() / steps for name, total in term_sums.items()},
         }
 
     # ------------------------------------------------------------------ evaluation
