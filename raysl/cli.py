@@ -1,4 +1,4 @@
-"""`raysl` command line: prepare, validate, train, sweep. Thin: parse, call, print.
+"""`raysl` command line: prepare, validate, train, sweep, submit. Thin: parse, call, print.
 
 Every user error (a bad file, a bad field, missing data) is printed as one clear message naming the
 file and field, with a non-zero exit and no traceback.
@@ -120,14 +120,20 @@ def command_train(args: argparse.Namespace) -> None:
         _log(path)
         return
     _start_ray(quiet=False)
-    from raysl.ray_glue.train import build_trainer, configure_data_context
+    import ray.train
+
+    from raysl.ray_glue.train import build_trainer, configure_data_context, failure_summary
     from raysl.ray_glue.tune import absolute_path
 
-    configure_data_context()
+    configure_data_context(run)
     storage = absolute_path(run.storage_path)
     trainer = build_trainer(run, data_uri, storage_path=storage, name=run.name, git_commit=_git_commit(), label=run.name)
     try:
         result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise UserError(
+            f"training failed: {failure_summary(error)}\n(run directory: {storage.rstrip('/')}/{run.name})"
+        ) from None
     finally:
         _stop_ray()
     metrics = result.metrics or {}
@@ -150,12 +156,66 @@ def command_sweep(args: argparse.Namespace) -> None:
     if os.environ.get("RAY_ADDRESS"):
         import ray
 
-        check_cpu_budget(sweep, ray.cluster_resources().get("CPU", 0.0), "the cluster")
+        try:
+            check_cpu_budget(sweep, ray.cluster_resources().get("CPU", 0.0), "the cluster now")
+        except UserError as error:  # an autoscaling cluster adds nodes when trials ask for them
+            _log(f"note: {error} (fine if the cluster autoscales; otherwise trials will wait)")
     try:
         path = run_sweep(sweep, data_uri, git_commit=_git_commit(), resume=args.resume, log=_log)
     finally:
         _stop_ray()
     _log(path)  # the last line: the experiment directory
+
+
+# Never uploaded with a job's working dir (also listed in .rayignore): data and results travel through
+# shared storage, not inside the job package.
+SUBMIT_EXCLUDES = [".git", ".venv", ".gpu", ".whl", "results", "data", "*.parquet", "*.pt", "__pycache__", ".pytest_cache"]
+
+
+def submit_command(args: argparse.Namespace) -> list[str]:
+    """The `ray job submit` command line that runs this sweep file on the cluster at args.address."""
+    import json
+
+    entrypoint = ["raysl", "sweep", args.config]
+    for assignment in args.set or []:
+        entrypoint += ["--set", assignment]
+    entrypoint += ["--smoke"] if args.smoke else []
+    entrypoint += ["--resume"] if args.resume else []
+    command = ["ray", "job", "submit", "--address", args.address, "--working-dir", ".",
+               "--runtime-env-json", json.dumps({"excludes": SUBMIT_EXCLUDES})]
+    command += ["--no-wait"] if args.no_wait else []
+    return command + ["--", *entrypoint]
+
+
+def command_submit(args: argparse.Namespace) -> None:
+    """Validate the sweep file here, then hand it to `ray job submit` (a bad file never reaches the cluster)."""
+    if detect_file_kind(read_yaml(args.config)) == "run":
+        raise UserError(f"{args.config}: this is a run config; `raysl submit` takes a sweep file")
+    sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
+    _log_notes(sweep.notes)
+    config = Path(args.config).resolve()
+    try:
+        args.config = str(config.relative_to(Path.cwd()))
+    except ValueError:
+        raise UserError(f"{args.config}: the sweep file must be inside the working dir that is uploaded ({Path.cwd()})") from None
+    local = [field for field, value in (("base.data.path", sweep.base.data.path), ("storage_path", sweep.storage_path))
+             if value and "://" not in value]
+    if local:
+        _log(f"note: {', '.join(local)} is a local path; on a multi-node cluster every node must see it (use s3:// or gs://)")
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError("--address: give the cluster's job server (e.g. http://127.0.0.1:8265 through `ray dashboard cluster/aws.yaml`) or set RAY_ADDRESS")
+    args.address = address
+    command = submit_command(args)
+    env = dict(os.environ)
+    env.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters require the token (~/.ray/auth_token or RAY_AUTH_TOKEN)
+    _log(f"{args.config}: valid sweep ({sweep.trial_count} trials); submitting: {' '.join(command)}")
+    ray_cli = Path(sys.executable).with_name("ray")
+    if ray_cli.exists():
+        command[0] = str(ray_cli)
+    code = subprocess.run(command, env=env).returncode
+    if code:
+        raise UserError(f"the job did not succeed (ray job submit exited {code}); see `ray job logs` for its output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
         if name == "train":
             command.add_argument("--local", action="store_true", help="train in this process, without Ray (debugging)")
+    submit = commands.add_parser("submit", help="validate a sweep file here, then run it on a cluster with `ray job submit`")
+    submit.add_argument("config", help="sweep YAML file inside the current directory (it is uploaded as the working dir)")
+    submit.add_argument("--address", help="the cluster's job server URL (default: RAY_ADDRESS)")
+    submit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (value is YAML); repeatable")
+    submit.add_argument("--smoke", action="store_true", help="submit the smoke version of the sweep")
+    submit.add_argument("--resume", action="store_true", help="resume the interrupted sweep of this file on the cluster")
+    submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    submit.set_defaults(handler=command_submit)
     return parser
 
 

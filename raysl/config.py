@@ -13,11 +13,12 @@ import difflib
 import itertools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from raysl.errors import UserError
 
@@ -231,6 +232,25 @@ class EvaluationConfig(Schema):
     batch_size: Annotated[int, Field(ge=1)] = 1024
 
 
+# Kubernetes-style label syntax, as Ray checks node labels and label selectors.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}"
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if not labels:
+        raise ValueError("give at least one label, or leave the field out (any node)")
+    for key, value in labels.items():
+        if key.startswith("ray.io/") or not re.fullmatch(_LABEL_KEY, key):
+            raise ValueError(f"label key {key!r} is not a valid Ray node label key (e.g. raysl/role)")
+        if not re.fullmatch(_LABEL_NAME, value):
+            raise ValueError(f"label value {value!r} of {key!r} is not a valid Ray node label value (e.g. augment)")
+    return labels
+
+
+NodeLabels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
 class ResourcesConfig(Schema):
     workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
@@ -241,6 +261,11 @@ class ResourcesConfig(Schema):
     """Augmentation actors per run (each a long-lived process making the views)."""
     torch_threads: Annotated[int, Field(ge=1)] | None = None
     """Threads per Train worker (None: ceil(cpus_per_worker))."""
+    augment_on: NodeLabels | None = None
+    """Node labels Ray Data's read tasks and augmentation actors must run on, e.g. {raysl/role: augment}
+    (the CPU node type of cluster/*.yaml). None: any node."""
+    train_on: NodeLabels | None = None
+    """Node labels Train workers must run on, e.g. {raysl/role: train} (the GPU node type). None: any node."""
 
 
 class RunConfig(Schema):
@@ -263,6 +288,9 @@ class RunConfig(Schema):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    max_failures: Annotated[int, Field(ge=-1)] = 1
+    """Times Ray Train restarts a run's workers after a worker process or node dies, each time from the
+    last checkpoint (-1: without limit). A non-finite loss is never retried."""
     storage_path: str = "./results"
     name: str = "train"
 
@@ -406,7 +434,7 @@ class FIFOConfig(Schema):
 SchedulerConfig = Annotated[Union[ASHAConfig, FIFOConfig], Field(discriminator="name")]
 
 # Fields that set where and how a run executes, not what it learns: never searched.
-NOT_SEARCHABLE = ("resources", "storage_path", "name", "checkpoints_to_keep")
+NOT_SEARCHABLE = ("resources", "storage_path", "name", "checkpoints_to_keep", "max_failures")
 
 
 class SweepConfig(Schema):
@@ -418,6 +446,8 @@ class SweepConfig(Schema):
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
     time_budget_minutes: Annotated[float, Field(gt=0)] | None = None
     """Stop every trial still running after this long (wall clock); the leaderboard keeps what they reached."""
+    trial_retries: Annotated[int, Field(ge=0)] = 1
+    """Times Tune restarts a trial whose driver died (its node lost); it resumes from its last checkpoint."""
     storage_path: str = "./results"
     name: str = "sweep"
     _notes: list[str] = PrivateAttr(default_factory=list)

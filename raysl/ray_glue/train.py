@@ -11,6 +11,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
@@ -19,9 +20,13 @@ import torch
 from raysl.config import RunConfig, ViewsConfig
 from raysl.data.prepare import read_manifest, split_files
 from raysl.data.views import make_views
-from raysl.training.loop import EvalData, Trainer
+from raysl.storage import read_text, write_text
+from raysl.training.loop import CheckpointError, EvalData, NonFiniteLossError, Trainer
 
 AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larger blocks to move
+# Written next to a run's checkpoints when its loss went non-finite: a restarted run (Train's or Tune's
+# retry) stops at once with the same message instead of training into the same NaN again.
+NONFINITE_MARKER = "nonfinite.txt"
 
 
 def decode_images(column: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -49,8 +54,11 @@ class AugmentViews:
         return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
 
 
-def configure_data_context() -> None:
+def configure_data_context(run: RunConfig | None = None) -> None:
     """Set the driver's DataContext (TorchTrainer copies it when constructed, so call this first).
+
+    With resources.augment_on, every task and actor of the view dataset (reads, augmentation, Ray Data's
+    own helpers) carries that label selector: they run on the augment-role nodes only.
 
     Ray 2.60's Parquet DataSourceV2 lists files in a separate task that always asks for 1 CPU and ignores
     read_parquet(num_cpus=...): with every other CPU reserved by trials (2 trials on 2 cores) that task
@@ -60,13 +68,15 @@ def configure_data_context() -> None:
     context.use_datasource_v2 = False
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.execution_options.label_selector = dict(run.resources.augment_on) if run and run.resources.augment_on else None
 
 
 def build_view_dataset(run: RunConfig, data_uri: str) -> ray.data.Dataset:
     """Parquet shards -> (optional limit) -> random views per batch, re-run (fresh views) every epoch."""
     manifest = read_manifest(data_uri)
+    placement = {"label_selector": dict(run.resources.augment_on)} if run.resources.augment_on else {}
     dataset = ray.data.read_parquet(
-        split_files(data_uri, "train"), columns=["image"], num_cpus=run.resources.data_cpus
+        split_files(data_uri, "train"), columns=["image"], num_cpus=run.resources.data_cpus, **placement
     )
     if run.data.train_limit:
         dataset = dataset.limit(run.data.train_limit)
@@ -78,6 +88,7 @@ def build_view_dataset(run: RunConfig, data_uri: str) -> ray.data.Dataset:
         batch_format="numpy",
         num_cpus=run.resources.data_cpus,
         compute=ray.data.ActorPoolStrategy(size=run.resources.data_actors),
+        **placement,
     )
 
 
@@ -116,18 +127,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         wrap_model=(lambda module: ray.train.torch.prepare_model(module, move_to_device=False)) if world_size > 1 else None,
         git_commit=loop_config.get("git_commit", "unknown"),
     )
+    label = loop_config.get("label", "run")
+    marker = f"{loop_config['run_dir']}/{NONFINITE_MARKER}"
+    earlier = read_text(marker)
+    if earlier:
+        raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)")
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as directory:
-            trainer.load(directory)
+        restore(trainer, checkpoint, log=(lambda text: print(f"[{label}] {text}", flush=True)) if rank == 0 else (lambda text: None))
     eval_data = EvalData.from_dataset(run, data_uri, manifest) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     while trainer.epoch < run.epochs:
-        metrics = trainer.train_epoch(_view_batches(shard, run.batch_size // world_size))
+        try:
+            metrics = trainer.train_epoch(_view_batches(shard, run.batch_size // world_size))
+        except NonFiniteLossError as error:
+            write_text(marker, str(error))
+            raise
         if rank == 0:
             metrics.update(trainer.evaluate(eval_data))
             print(
-                f"[{loop_config.get('label', 'run')}] epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} "
+                f"[{label}] epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} "
                 f"knn_top1 {metrics['knn_top1']:.4f} images/s {metrics['images_per_s']:.0f}",
                 flush=True,
             )
@@ -139,6 +158,50 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=saved)
 
 
+def failure_summary(error: BaseException) -> str:
+    """The user-facing cause of a failed Train run: each failed rank's last error line, not Ray's frames."""
+    failures = getattr(error, "worker_failures", None) or {}
+    causes = failures.items() if failures else [(None, getattr(error, "controller_failure", error))]
+    lines = []
+    for rank, failure in sorted(causes, key=lambda item: -1 if item[0] is None else item[0]):
+        text = [line.strip() for line in str(failure).strip().splitlines() if line.strip()]
+        last = text[-1] if text else type(failure).__name__
+        lines.append(f"rank {rank}: {last}" if rank is not None else last)
+    return "; ".join(dict.fromkeys(lines))
+
+
+def _storage_uri(filesystem, path: str) -> str:
+    scheme = getattr(filesystem, "type_name", "local")
+    return path if scheme == "local" else f"{scheme}://{path}"
+
+
+def restore(trainer: Trainer, checkpoint: ray.train.Checkpoint, log) -> None:
+    """Resume from the run's latest checkpoint; if that one cannot be loaded (truncated, corrupt), from
+    the newest earlier one that can, saying which. Raises CheckpointError naming every file tried."""
+    parent, latest = checkpoint.path.rstrip("/").rsplit("/", 1)
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, recursive=False))
+    earlier = sorted(
+        (info.base_name for info in infos
+         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name < latest),
+        reverse=True,
+    )
+    failures, names = [], [latest, *earlier]
+    for index, name in enumerate(names):
+        candidate = ray.train.Checkpoint(f"{parent}/{name}", filesystem=checkpoint.filesystem)
+        uri = _storage_uri(checkpoint.filesystem, candidate.path)
+        try:
+            with candidate.as_directory() as directory:
+                trainer.load(directory, name=uri)
+        except CheckpointError as error:
+            failures.append(str(error))
+            if index + 1 < len(names):
+                log(f"{error}; trying the previous checkpoint, {names[index + 1]}")
+            continue
+        log(f"resumed from {uri} at epoch {trainer.epoch}" + (f" (fell back past {len(failures)} unreadable)" if failures else ""))
+        return
+    raise CheckpointError("no checkpoint of this run can be loaded:\n  " + "\n  ".join(failures))
+
+
 def build_trainer(
     run: RunConfig,
     data_uri: str,
@@ -147,7 +210,6 @@ def build_trainer(
     name: str,
     git_commit: str,
     callbacks: list | None = None,
-    max_failures: int = 0,
     label: str = "run",
 ) -> ray.train.torch.TorchTrainer:
     resources = run.resources
@@ -157,14 +219,20 @@ def build_trainer(
         per_worker["GPU"] = resources.gpus_per_worker
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": run.model_dump(mode="json"), "data_uri": data_uri, "git_commit": git_commit, "label": label},
-        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        train_loop_config={
+            "run": run.model_dump(mode="json"), "data_uri": data_uri, "git_commit": git_commit, "label": label,
+            "run_dir": f"{storage_path.rstrip('/')}/{name}",
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
+            label_selector=dict(resources.train_on) if resources.train_on else None,
+        ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
             callbacks=callbacks or [],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
         datasets={"train": build_view_dataset(run, data_uri)},
     )

@@ -7,17 +7,22 @@ Train V2 runs inside Tune as a *driver function* that builds a TorchTrainer and 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.errors import UserError
-from raysl.ray_glue.train import build_trainer, configure_data_context
+from raysl.ray_glue.train import NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary
+from raysl.storage import exists, list_dirs, read_text, write_text
+from raysl.training.loop import NonFiniteLossError
 
 METRIC = "knn_top1"
 # The trial driver only builds and watches a TorchTrainer; Tune rejects a zero-CPU trial.
@@ -33,7 +38,10 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     context = tune.get_context()
     trial_id = context.get_trial_id()
     experiment_dir = experiment_path(sweep_config, context.get_experiment_name())
-    configure_data_context()  # before the trainer copies the DataContext
+    marker = f"{experiment_dir}/train/{trial_id}/{NONFINITE_MARKER}"
+    if earlier := read_text(marker):  # a retried trial whose loss already went non-finite: not re-run
+        raise NonFiniteLossError(earlier)
+    configure_data_context(run)  # before the trainer copies the DataContext
     trainer = build_trainer(
         run,
         data_uri,
@@ -43,7 +51,12 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
         callbacks=[TuneReportCallback()],
         label=trial_id,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        if earlier := read_text(marker):
+            raise NonFiniteLossError(earlier) from None
+        raise RuntimeError(f"trial {trial_id} failed: {failure_summary(error)}") from error
 
 
 def absolute_path(path: str) -> str:
@@ -121,7 +134,7 @@ def _reporter(sweep: SweepConfig) -> tune.CLIReporter:
 def fresh_experiment_name(sweep: SweepConfig) -> str:
     """The sweep's name, or name_2, name_3... when an experiment of that name already exists."""
     name, suffix = sweep.name, 1
-    while "://" not in sweep.storage_path and os.path.exists(experiment_path(sweep, name)):
+    while exists(experiment_path(sweep, name)):
         suffix += 1
         name = f"{sweep.name}_{suffix}"
     return name
@@ -129,10 +142,10 @@ def fresh_experiment_name(sweep: SweepConfig) -> str:
 
 def latest_experiment_name(sweep: SweepConfig) -> str:
     """For --resume: the newest of name, name_2, ... that Tune can restore."""
-    candidates = [sweep.name]
-    root = Path(absolute_path(sweep.storage_path))
-    if root.is_dir():
-        candidates += [p.name for p in root.glob(f"{sweep.name}_*") if p.name.rsplit("_", 1)[-1].isdigit()]
+    root = absolute_path(sweep.storage_path)
+    candidates = [sweep.name] + [
+        name for name in list_dirs(root) if name.startswith(f"{sweep.name}_") and name.rsplit("_", 1)[-1].isdigit()
+    ]
     restorable = [name for name in candidates if tune.Tuner.can_restore(experiment_path(sweep, name))]
     if not restorable:
         raise UserError(f"--resume: no sweep named '{sweep.name}' to resume under {root} (storage_path)")
@@ -168,6 +181,8 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=sweep.storage_path,  # made absolute above
+                # A trial whose driver died (its node lost) restarts; its Train run resumes from its checkpoint.
+                failure_config=tune.FailureConfig(max_failures=sweep.trial_retries),
                 progress_reporter=_reporter(sweep),
                 verbose=1,
             ),
@@ -200,7 +215,7 @@ def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
         knn_values = history[METRIC].dropna().tolist() if history is not None and METRIC in history else []
         epochs = int(metrics.get("epoch", 0) or 0)
         if result.error is not None:
-            status = f"error: {type(result.error).__name__}"
+            status = error_status(result.error)
         elif epochs >= sweep.max_epochs:
             status = "completed"
         else:
@@ -226,6 +241,16 @@ def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def error_status(error: BaseException) -> str:
+    """A failed trial's leaderboard status: the non-finite loss's epoch and step, or the error's type."""
+    text = str(error)
+    found = re.search(r"loss became (\S+) at epoch (\d+), step (\d+)", text)
+    if found:
+        return f"failed: loss {found[1]} at epoch {found[2]} step {found[3]}"
+    names = re.findall(r"\b(\w+(?:Error|Exception))\b", text)
+    return f"failed: {names[-1] if names else type(error).__name__}"
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
@@ -239,24 +264,21 @@ def write_leaderboard(rows: list[dict[str, Any]], sweep: SweepConfig, path: str,
     log("\nleaderboard (best kNN top-1 per trial):")
     for line in table:
         log("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
-    target = Path(path) if "://" not in path else None
-    if target is None:
-        return  # remote storage: the leaderboard is printed; CSV upload comes with cloud support
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(f"{path}/leaderboard.csv", text.getvalue())  # a local directory or object storage
 
 
 def write_best_config(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
     scored = [row for row in rows if not math.isnan(row[METRIC])]
-    if not scored or "://" in path:
+    if not scored:
         return
     best = scored[0]
     run = apply_assignment(sweep.base, best["_search"])
     run = run.model_copy(update={"name": f"{sweep.name}-best", "storage_path": sweep.storage_path})
-    target = Path(path) / "best_config.yaml"
+    target = f"{path}/best_config.yaml"
     header = f"# best trial {best['trial']} of sweep {path}: knn_top1 {best[METRIC]:.4f}\n# run it: raysl train {target}\n"
-    target.write_text(header + dump_yaml(run))
+    write_text(target, header + dump_yaml(run))
     log(f"best config: {target}")

@@ -32,6 +32,10 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN / inf loss; the run stops and no checkpoint of that epoch is written."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, or not a raysl checkpoint)."""
+
+
 @dataclass
 class EvalData:
     """The kNN monitor's inputs: clean uint8 images (N, H, W, C) and int64 labels."""
@@ -205,7 +209,19 @@ class Trainer:
         torch.save(self.state_dict(), path)
         return path
 
-    def load(self, directory: str | Path) -> None:
-        # weights_only: a checkpoint from a shared bucket cannot run code when loaded.
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        self.load_state_dict(state)
+    def load(self, directory: str | Path, name: str | None = None) -> None:
+        """Restore from a checkpoint directory; `name` (where it came from) is what errors call it.
+
+        weights_only=True: tensors and plain containers only, so a checkpoint found in a shared bucket
+        cannot run code when it is loaded (a pickled object is refused, not executed).
+        """
+        path = Path(directory) / CHECKPOINT_FILE
+        name = f"{name.rstrip('/')}/{CHECKPOINT_FILE}" if name else str(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.load_state_dict(state)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {name}: no such file") from None
+        except Exception as error:  # truncated zip, bad pickle, refused global, wrong keys or shapes
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointError(f"checkpoint {name} cannot be loaded: {type(error).__name__}: {first_line}") from None
