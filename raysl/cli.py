@@ -115,8 +115,12 @@ def command_train(args: argparse.Namespace) -> None:
     data_uri = resolve_data(run)
     if args.local:
         from raysl.training.local import train_in_process
+        from raysl.training.loop import CheckpointError, NonFiniteLossError
 
-        path = train_in_process(run, data_uri, git_commit=_git_commit(), log=_log)
+        try:
+            path = train_in_process(run, data_uri, git_commit=_git_commit(), log=_log)
+        except (NonFiniteLossError, CheckpointError) as error:
+            raise UserError(f"training failed: {error}") from None
         _log(path)
         return
     _start_ray(quiet=False)
@@ -137,7 +141,9 @@ def command_train(args: argparse.Namespace) -> None:
     finally:
         _stop_ray()
     metrics = result.metrics or {}
-    _log(f"done: {metrics.get('epoch', '?')} epochs, knn_top1 {metrics.get('knn_top1', float('nan')):.4f}")
+    resumed = metrics.get("resumed_at_epoch", 0)
+    _log(f"done: {metrics.get('epoch', '?')} epochs, knn_top1 {metrics.get('knn_top1', float('nan')):.4f}"
+         + (f" (the last attempt resumed from the checkpoint of epoch {resumed})" if resumed else ""))
     _log(result.path)
 
 

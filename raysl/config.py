@@ -162,7 +162,7 @@ MethodConfig = Annotated[
 
 class OptimizerConfig(Schema):
     name: Literal["sgd", "lars", "adamw"] = "adamw"
-    lr: Annotated[float, Field(gt=0.0, le=100.0)] = 2e-3
+    lr: Annotated[float, Field(gt=0.0, le=1e6)] = 2e-3
     """Learning rate for the global batch (no implicit scaling)."""
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9

@@ -46,7 +46,8 @@ class LocalCluster:
         self.cluster.wait_for_nodes()
 
     def add_node(self, role: str, cpus: float):
-        return self.cluster.add_node(num_cpus=cpus, labels={ROLE: role}, temp_dir=self._temp_dir())
+        # Own log monitor too (cluster_utils starts one on the head only): worker output on this node reaches drivers.
+        return self.cluster.add_node(num_cpus=cpus, labels={ROLE: role}, temp_dir=self._temp_dir(), include_log_monitor=True)
 
     def _temp_dir(self) -> str:
         self.nodes += 1

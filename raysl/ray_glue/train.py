@@ -135,6 +135,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         restore(trainer, checkpoint, log=(lambda text: print(f"[{label}] {text}", flush=True)) if rank == 0 else (lambda text: None))
+    # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
+    # resume shows in Tune's results and the run's result, not only in worker logs.
+    started_at = trainer.epoch
     eval_data = EvalData.from_dataset(run, data_uri, manifest) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     while trainer.epoch < run.epochs:
@@ -143,6 +146,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         except NonFiniteLossError as error:
             write_text(marker, str(error))
             raise
+        metrics["resumed_at_epoch"] = started_at
         if rank == 0:
             metrics.update(trainer.evaluate(eval_data))
             print(
