@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: quickstart test test-fast data clean
+.PHONY: quickstart test test-fast test-cluster data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ data:
 quickstart: $(VENV)/.installed data
 	$(VENV)/bin/raysl sweep sweeps/quickstart.yaml
 
+# Everything but the longest multi-node fault tests (marked `cluster`): what CI runs.
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not cluster"
+
+# The longest multi-node fault tests: driver SIGKILL + --resume, a node removed mid-sweep, a 12-trial ASHA sweep.
+test-cluster: $(VENV)/.installed
+	$(PY) -m pytest -m cluster
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"

@@ -65,9 +65,9 @@ def dataset(tmp_path_factory) -> str:
     return str(out)
 
 
-def tiny_run(data: str, **extra) -> dict:
+def tiny_run(data_path: str, **extra) -> dict:
     run = {
-        "data": {"path": data},
+        "data": {"path": data_path},
         "model": {"width": 8, "projector_hidden": 32, "projector_out": 16},
         "optimizer": {"name": "adamw", "lr": 0.01},
         "schedule": {"warmup_epochs": 0},
@@ -321,16 +321,20 @@ def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, data
     finished, running = wait_for(one_done_one_running, 600, "one finished and one running trial")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    train = experiment / "train"
+    finished_checkpoints = {trial: checkpoints(train / trial.removeprefix("trial_")) for trial in finished}
 
     resumed = raysl("sweep", str(sweep), "--resume", cluster=cluster)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     text = resumed.stdout + resumed.stderr
     rows = read_leaderboard(experiment)
     assert len(rows) == 3 and all(row["status"] == "completed" and row["epochs"] == "3" for row in rows), rows
-    for trial in finished:
-        assert f"[{trial.removeprefix('trial_')}] epoch" not in text, f"finished {trial} was re-run"
-    for trial in running:
-        assert f"[{trial.removeprefix('trial_')}] resumed from" in text, text[-3000:]
+    for trial, before in finished_checkpoints.items():  # not re-run: no new checkpoint
+        assert before and checkpoints(train / trial.removeprefix("trial_")) == before, f"finished {trial} was re-run"
+    for trial in running:  # resumed from its checkpoint, not from scratch
+        reports = [json.loads(line) for line in (experiment / trial / "result.json").read_text().splitlines() if line.strip()]
+        assert any(report.get("resumed_at_epoch", 0) >= 1 for report in reports), (trial, reports)
+    assert "resuming sweep at" in text
 
 
 @pytest.mark.cluster
@@ -362,7 +366,11 @@ def test_a_node_removed_mid_sweep_its_trials_resume_elsewhere(dataset, tmp_path)
             local.shutdown()
     rows = read_leaderboard(experiment)
     assert len(rows) == 2 and all(row["status"] == "completed" and row["epochs"] == "3" for row in rows), output[-4000:]
-    assert "resumed from" in output
+    resumed = []
+    for result in experiment.glob("trial_*/result.json"):
+        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        resumed += [report for report in reports if report.get("resumed_at_epoch", 0) >= 1]
+    assert resumed, "no trial resumed from a checkpoint after its node was removed"
 
 
 @pytest.mark.cluster

@@ -1,0 +1,106 @@
+"""Data and results on object storage, against a real S3 server on loopback (moto's, from PyPI):
+`raysl prepare --out s3://`, a sweep reading that data with `storage_path: s3://` (leaderboard, best
+config and checkpoints written there, `--resume` from there), and a run resumed from its S3 checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_idx_source
+
+pytestmark = pytest.mark.slow
+moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "raysl-test"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 and the environment that points pyarrow, boto3 and Ray's workers at it."""
+    from raysl.ray_glue.local_cluster import free_port
+
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        try:
+            yield env
+        finally:
+            server.stop()
+
+
+def keys(prefix: str) -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def read(key: str) -> str:
+    import boto3
+
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+
+def raysl(*args: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # embedded Ray
+    done = subprocess.run([sys.executable, "-m", "raysl", *args], capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_prepare_sweep_checkpoints_and_resume_on_s3(s3, tmp_path):
+    data = f"s3://{BUCKET}/data/tiny"
+    raysl("prepare", "mnist", str(make_idx_source(tmp_path / "idx", train=2000, test=300)), "--out", data, "--no-progress")
+    assert "data/tiny/manifest.json" in keys("data/tiny/") and any(k.endswith(".parquet") for k in keys("data/tiny/train"))
+
+    base = {
+        "data": {"path": data},
+        "model": {"width": 8, "projector_hidden": 32, "projector_out": 16},
+        "optimizer": {"name": "adamw", "lr": 0.01}, "schedule": {"warmup_epochs": 0},
+        "epochs": 2, "batch_size": 64, "evaluation": {"bank_limit": 1000, "query_limit": 300},
+        "resources": {"workers": 1, "cpus_per_worker": 0.5, "data_cpus": 0.25, "torch_threads": 1},
+    }
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": base, "search": {"optimizer.lr": {"grid": [0.01, 0.003]}}, "scheduler": {"name": "fifo"},
+        "max_concurrent_trials": 2, "storage_path": f"s3://{BUCKET}/results", "name": "tiny",
+    }))
+    done = raysl("sweep", str(sweep))
+    experiment = f"s3://{BUCKET}/results/tiny"
+    assert done.stdout.strip().splitlines()[-1] == experiment
+    rows = list(csv.DictReader(io.StringIO(read("results/tiny/leaderboard.csv"))))
+    assert len(rows) == 2 and all(row["status"] == "completed" and row["epochs"] == "2" for row in rows)
+    assert "knn_top1" in read("results/tiny/best_config.yaml")
+    for row in rows:
+        assert [k for k in keys(f"results/tiny/train/{row['trial']}/") if k.endswith("/state.pt")], row["trial"]
+
+    again = raysl("sweep", str(sweep), "--resume")  # restores the finished experiment from S3: nothing re-run
+    assert f"resuming sweep at {experiment}" in again.stdout
+    assert not re.search(r"\] epoch \d+/2", again.stdout + again.stderr)
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({**base, "epochs": 1, "storage_path": f"s3://{BUCKET}/runs", "name": "one"}))
+    raysl("train", str(run))
+    assert [k for k in keys("runs/one/") if k.endswith("/state.pt")]
+    longer = raysl("train", str(run), "--set", "epochs=2")
+    assert re.search(r"done: 2 epochs, .* resumed from the checkpoint of epoch 1\)", longer.stdout), longer.stdout[-2000:]
