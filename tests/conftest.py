@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import os
+import secrets
+
+# Ray 2.60 reads its authentication mode once per process, at first use. Set it for the whole session,
+# before anything imports Ray: the embedded Rays, the multi-node cluster, its clients (State API, job
+# submission) and every subprocess then agree on token authentication with one session token. (Set
+# later, per test, an earlier test's cached "disabled" made the cluster's GCS reject this process.)
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 from pathlib import Path
 
 import numpy as np
