@@ -356,7 +356,8 @@ def test_a_node_removed_mid_sweep_its_trials_resume_elsewhere(dataset, tmp_path)
             log = tmp_path / "sweep.log"
             process = start_raysl("sweep", str(sweep), cluster=local, log=log)
             experiment = storage / "lost"
-            wait_for(lambda: any(checkpoints(d) for d in (experiment / "train").glob("*")), 600, "a checkpoint")
+            # Both trials have reported epoch 1 to Tune (so its checkpoint is committed): either may lose its node.
+            wait_for(lambda: len(e := trial_epochs(experiment)) == 2 and min(e.values()) >= 1, 600, "both trials' epoch 1")
             workers = list_actors(address=local.job_server, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             victim = next(node for node in local.train if node.node_id in {w.node_id for w in workers})
             local.remove_node(victim)

@@ -279,6 +279,7 @@ def write_best_config(rows: list[dict[str, Any]], sweep: SweepConfig, path: str,
     run = apply_assignment(sweep.base, best["_search"])
     run = run.model_copy(update={"name": f"{sweep.name}-best", "storage_path": sweep.storage_path})
     target = f"{path}/best_config.yaml"
-    header = f"# best trial {best['trial']} of sweep {path}: knn_top1 {best[METRIC]:.4f}\n# run it: raysl train {target}\n"
+    how = f"raysl train {target}" if "://" not in target else "copy it here, then raysl train best_config.yaml"
+    header = f"# best trial {best['trial']} of sweep {path}: knn_top1 {best[METRIC]:.4f}\n# run it: {how}\n"
     write_text(target, header + dump_yaml(run))
     log(f"best config: {target}")
