@@ -126,7 +126,7 @@ def command_train(args: argparse.Namespace) -> None:
     _start_ray(quiet=False)
     import ray.train
 
-    from raysl.ray_glue.train import build_trainer, configure_data_context, failure_summary
+    from raysl.ray_glue.train import build_trainer, configure_data_context, failure_summary, run_directory
     from raysl.ray_glue.tune import absolute_path
 
     configure_data_context(run)
@@ -136,7 +136,7 @@ def command_train(args: argparse.Namespace) -> None:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise UserError(
-            f"training failed: {failure_summary(error)}\n(run directory: {storage.rstrip('/')}/{run.name})"
+            f"training failed: {failure_summary(error)}\n(run directory: {run_directory(storage, run.name)})"
         ) from None
     finally:
         _stop_ray()

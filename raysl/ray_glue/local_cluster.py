@@ -64,12 +64,6 @@ class LocalCluster:
     def job_server(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def node_roles(self) -> dict[str, str]:
-        """node id -> role label, for checking where work ran."""
-        import ray
-
-        return {node["NodeID"]: node.get("Labels", {}).get(ROLE, "") for node in ray.nodes()}
-
     def shutdown(self) -> None:
         import ray
 

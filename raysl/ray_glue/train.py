@@ -162,6 +162,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=saved)
 
 
+def run_directory(storage_path: str, name: str) -> str:
+    """Where Ray Train keeps a run's checkpoints (and raysl its nonfinite.txt): storage_path/name."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
 def failure_summary(error: BaseException) -> str:
     """The user-facing cause of a failed Train run: each failed rank's last error line, not Ray's frames."""
     failures = getattr(error, "worker_failures", None) or {}
@@ -225,7 +230,7 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={
             "run": run.model_dump(mode="json"), "data_uri": data_uri, "git_commit": git_commit, "label": label,
-            "run_dir": f"{storage_path.rstrip('/')}/{name}",
+            "run_dir": run_directory(storage_path, name),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker,

@@ -20,7 +20,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.errors import UserError
-from raysl.ray_glue.train import NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary
+from raysl.ray_glue.train import (
+    NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
+)
 from raysl.storage import exists, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
 
@@ -38,14 +40,15 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     context = tune.get_context()
     trial_id = context.get_trial_id()
     experiment_dir = experiment_path(sweep_config, context.get_experiment_name())
-    marker = f"{experiment_dir}/train/{trial_id}/{NONFINITE_MARKER}"
+    train_storage = f"{experiment_dir}/train"
+    marker = f"{run_directory(train_storage, trial_id)}/{NONFINITE_MARKER}"
     if earlier := read_text(marker):  # a retried trial whose loss already went non-finite: not re-run
         raise NonFiniteLossError(earlier)
     configure_data_context(run)  # before the trainer copies the DataContext
     trainer = build_trainer(
         run,
         data_uri,
-        storage_path=f"{experiment_dir}/train",
+        storage_path=train_storage,
         name=trial_id,
         git_commit=git_commit,
         callbacks=[TuneReportCallback()],
