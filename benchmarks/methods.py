@@ -33,7 +33,8 @@ def child(method: str, minutes: float, output: Path) -> None:
     from raysl.config import load_sweep_config
     from raysl.data.prepare import load_split, read_manifest
     from raysl.training.local import in_process_batches, train_in_process
-    from raysl.training.loop import EvalData, Trainer
+    from raysl.training.evaluation import load_eval_sets
+    from raysl.training.loop import Trainer
 
     started = time.perf_counter()
     torch.set_num_threads(1)
@@ -50,7 +51,7 @@ def child(method: str, minutes: float, output: Path) -> None:
     probe.train_epoch(batches[:5])
     probe.steps_per_epoch = 20
     step_seconds = probe.train_epoch(batches[5:])["train_seconds"] / 20
-    eval_seconds = probe.evaluate(EvalData.from_dataset(run, data_uri, manifest))["eval_seconds"]
+    eval_seconds = probe.evaluate(load_eval_sets(run, data_uri))["eval_seconds"]
     left = minutes * 60 - (time.perf_counter() - started)
     epoch_seconds = steps_per_epoch * step_seconds * 1.05 + eval_seconds  # views + slack
     epochs = max(1, math.floor(left / epoch_seconds))

@@ -1,4 +1,4 @@
-"""`raysl` command line: prepare, validate, train, sweep, submit. Thin: parse, call, print.
+"""`raysl` command line: prepare, validate, train, sweep, eval, report, submit. Thin: parse, call, print.
 
 Every user error (a bad file, a bad field, missing data) is printed as one clear message naming the
 file and field, with a non-zero exit and no traceback.
@@ -38,18 +38,59 @@ def _log_notes(notes: list[str]) -> None:
         _log(note)
 
 
-def resolve_data(run: RunConfig) -> str:
-    """The prepared dataset's URI: data.path, or a cached copy of data.kind prepared on first use."""
+def _resolve(path: str | None, kind: str | None, source: str | None, cache_dir: str, image_size: int | None, field: str) -> str:
     from raysl.data.prepare import ensure_prepared, read_manifest
 
-    if run.data.path:
+    if path:
         try:
-            read_manifest(run.data.path)
+            read_manifest(path)
         except UserError as error:
-            raise UserError(f"data.path: {error}") from None
-        return run.data.path
-    cache_dir = os.path.expanduser(run.data.cache_dir)
-    return ensure_prepared(run.data.kind, run.data.source, cache_dir, image_size=run.data.image_size, log=_log)
+            raise UserError(f"{field}: {error}") from None
+        return path
+    return ensure_prepared(kind, source, os.path.expanduser(cache_dir), image_size=image_size, log=_log)
+
+
+def resolve_data(run: RunConfig) -> str:
+    """The prepared dataset's URI: data.path, or a cached copy of data.kind prepared on first use."""
+    return _resolve(run.data.path, run.data.kind, run.data.source, run.data.cache_dir, run.data.image_size, "data.path")
+
+
+def resolve_pool(run: RunConfig) -> list[str]:
+    """The URIs of data.pool's datasets (prepared into data.cache_dir on first use), in order."""
+    return [
+        _resolve(entry.path, entry.kind, entry.source, run.data.cache_dir, None, f"data.pool.{index}.path")
+        for index, entry in enumerate(run.data.pool)
+    ]
+
+
+def check_data_conditions(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
+    """Data-dependent checks before Ray starts: the subset fits the train split (and its classes when
+    balanced), every label set fits the dataset's classes. `where` prefixes errors (a sweep's drawn value)."""
+    from raysl.data.prepare import read_manifest
+    from raysl.data.pretraining import plan_pretraining
+    from raysl.training.evaluation import label_sets_of
+
+    try:
+        plan = plan_pretraining(run, data_uri, pool_uris)
+        label_sets_of(run, read_manifest(data_uri))
+    except UserError as error:
+        raise UserError(f"{where}{error}") from None
+    if plan.epoch_images < run.batch_size:
+        raise UserError(f"{where}data: an epoch has {plan.epoch_images} pretraining images, fewer than batch_size "
+                        f"{run.batch_size}; raise data.subset.count or set data.subset.epoch_size: full")
+
+
+def check_sweep_data(sweep, data_uri: str, source: str) -> None:
+    """check_data_conditions for the base and for every data / evaluation value the search can draw."""
+    from raysl.config import apply_assignment
+
+    check_data_conditions(sweep.base, data_uri, resolve_pool(sweep.base), f"{source}: base: ")
+    for key, distribution in sweep.search.items():
+        if key.split(".")[0] not in ("data", "evaluation", "batch_size"):
+            continue
+        for value in distribution.values_to_check():
+            run = apply_assignment(sweep.base, {key: value})
+            check_data_conditions(run, data_uri, resolve_pool(run), f"{source}: search.{key}={value!r}: ")
 
 
 def _start_ray(*, quiet: bool) -> None:
@@ -112,13 +153,14 @@ def command_train(args: argparse.Namespace) -> None:
     run = load_run_config(args.config, args.set, smoke=args.smoke)
     _log_notes(run.notes())
     _gpu_check(run, "resources")
-    data_uri = resolve_data(run)
+    data_uri, pool_uris = resolve_data(run), resolve_pool(run)
+    check_data_conditions(run, data_uri, pool_uris, f"{args.config}: ")
     if args.local:
         from raysl.training.local import train_in_process
         from raysl.training.loop import CheckpointError, NonFiniteLossError
 
         try:
-            path = train_in_process(run, data_uri, git_commit=_git_commit(), log=_log)
+            path = train_in_process(run, data_uri, pool_uris=pool_uris, git_commit=_git_commit(), log=_log)
         except (NonFiniteLossError, CheckpointError) as error:
             raise UserError(f"training failed: {error}") from None
         _log(path)
@@ -131,7 +173,9 @@ def command_train(args: argparse.Namespace) -> None:
 
     configure_data_context(run)
     storage = absolute_path(run.storage_path)
-    trainer = build_trainer(run, data_uri, storage_path=storage, name=run.name, git_commit=_git_commit(), label=run.name)
+    trainer = build_trainer(
+        run, data_uri, storage_path=storage, name=run.name, git_commit=_git_commit(), label=run.name, pool_uris=pool_uris
+    )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
@@ -158,6 +202,7 @@ def command_sweep(args: argparse.Namespace) -> None:
     if not os.environ.get("RAY_ADDRESS"):
         check_cpu_budget(sweep, float(os.cpu_count() or 1), "this machine")
     data_uri = resolve_data(sweep.base)
+    check_sweep_data(sweep, data_uri, args.config)
     _start_ray(quiet=True)
     if os.environ.get("RAY_ADDRESS"):
         import ray
@@ -224,6 +269,59 @@ def command_submit(args: argparse.Namespace) -> None:
         raise UserError(f"the job did not succeed (ray job submit exited {code}); see `ray job logs` for its output")
 
 
+EVAL_OVERRIDABLE = ("evaluation", "data.path", "data.cache_dir", "data.source", "data.pool")
+
+
+def command_eval(args: argparse.Namespace) -> None:
+    """kNN top-1/top-5 and a linear probe of a checkpoint, per label set, budget and pool dataset -> eval.json."""
+    import torch
+    from pydantic import ValidationError
+
+    from raysl.config import _validation_message, parse_overrides, set_dotted
+    from raysl.data.prepare import read_manifest
+    from raysl.methods import build_method
+    from raysl.storage import write_text
+    from raysl.training.evaluation import (
+        FeatureOptions, eval_document, find_checkpoint, full_evaluation, load_checkpoint, load_eval_sets,
+    )
+
+    directory = find_checkpoint(args.checkpoint)
+    state = load_checkpoint(directory)
+    data = state.get("config")
+    if not isinstance(data, dict) or "method" not in state:
+        raise UserError(f"{directory}/state.pt is not a raysl checkpoint (no config or method weights)")
+    for key, value in parse_overrides(args.set):
+        if not key.startswith(EVAL_OVERRIDABLE):
+            raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")
+        set_dotted(data, key, value, source=f"--set {key}")
+    try:
+        run = RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(f"{directory}: the checkpoint's config with --set is invalid\n{_validation_message(error)}") from None
+    data_uri, pool_uris = resolve_data(run), resolve_pool(run)
+    check_data_conditions(run, data_uri, pool_uris, "")
+    manifest = read_manifest(data_uri)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    method = build_method(run, manifest["image_shape"][2])
+    method.load_state_dict(state["method"])
+    method.to(device)
+    options = FeatureOptions(
+        torch.tensor(manifest["mean"], device=device), torch.tensor(manifest["std"], device=device),
+        run.evaluation.batch_size, device, torch.bfloat16 if device.type == "cuda" else None,
+    )
+    _log(f"evaluating {directory} (epoch {state.get('epoch')}, {run.method.name}) on {device}")
+    rows = full_evaluation(method.backbone, load_eval_sets(run, data_uri, pool_uris), run.evaluation, options, log=_log)
+    target = args.out or f"{directory}/eval.json"
+    write_text(target, eval_document(run, int(state.get("epoch", 0)), rows, directory))
+    _log(target)
+
+
+def command_report(args: argparse.Namespace) -> None:
+    from raysl.report import build_report
+
+    build_report(args.experiment.rstrip("/"), log=_log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
         if name == "train":
             command.add_argument("--local", action="store_true", help="train in this process, without Ray (debugging)")
+    evaluate = commands.add_parser("eval", help="kNN top-1/5 and a linear probe of a checkpoint -> eval.json beside it")
+    evaluate.add_argument("checkpoint", help="checkpoint directory, its state.pt, or a run directory (newest checkpoint); local or URI")
+    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override evaluation.* (label_sets, budgets, probe...) or where the data is; repeatable")
+    evaluate.add_argument("--out", help="where to write the JSON (default: eval.json in the checkpoint directory)")
+    evaluate.set_defaults(handler=command_eval)
+    report = commands.add_parser("report", help="leaderboard (Markdown + CSV) and PNG plots of a sweep's experiment directory")
+    report.add_argument("experiment", help="the experiment directory (local or URI), e.g. results/quickstart")
+    report.set_defaults(handler=command_report)
     submit = commands.add_parser("submit", help="validate a sweep file here, then run it on a cluster with `ray job submit`")
     submit.add_argument("config", help="sweep YAML file inside the current directory (it is uploaded as the working dir)")
     submit.add_argument("--address", help="the cluster's job server URL (default: RAY_ADDRESS)")

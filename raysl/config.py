@@ -37,6 +37,73 @@ class Schema(BaseModel):
 # ----------------------------------------------------------------------------- run config
 
 
+class SubsetConfig(Schema):
+    """Quantity: pretrain on a seeded random subset of the train split (count and fraction unset: all of it).
+
+    Nested: with one seed, a smaller subset is always contained in a larger one (prefixes of one seeded
+    permutation; per class when balanced)."""
+
+    count: Annotated[int, Field(ge=1)] | None = None
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    seed: int = 0
+    balanced: bool = False
+    """The same number of images from every class (the first classes get one more when it does not divide)."""
+    epoch_size: Literal["subset", "full"] = "subset"
+    """subset: an epoch is one pass over the subset. full: an epoch repeats the subset up to the full train
+    split's size, so every subset size trains the same number of steps (what a quantity study compares)."""
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SubsetConfig:
+        if self.count is not None and self.fraction is not None:
+            raise ValueError("give count or fraction, not both")
+        return self
+
+
+class CorruptionConfig(Schema):
+    """Quality: corruptions of the pretraining images only (the kNN monitor and `raysl eval` see clean
+    images). Composable; applied in this order: resize, downsample, jpeg_quality, gaussian_noise,
+    salt_pepper. Each image's corruption is fixed (seeded by `seed` and the image's index), like a
+    corrupted dataset, not a fresh augmentation every epoch."""
+
+    resize: Annotated[int, Field(ge=4, le=1024)] | None = None
+    """Make the pretraining images this many pixels on a side (smaller images; crops then upsample them)."""
+    downsample: Annotated[float, Field(ge=1.0, le=64.0)] = 1.0
+    """Shrink by this factor (area) then enlarge back to the original size (bilinear): detail is lost."""
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Re-encode as JPEG at this quality (1: worst, 100: best)."""
+    gaussian_noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Add N(0, sigma^2) noise, sigma in units of the 0..1 pixel range."""
+    salt_pepper: Fraction = 0.0
+    """Set each pixel to black or white (equally likely) with this probability (the paper: 0.01)."""
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.resize or self.downsample > 1 or self.jpeg_quality or self.gaussian_noise or self.salt_pepper)
+
+
+class PoolDataset(Schema):
+    """Domain: another prepared dataset whose train images join the pretraining set."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] | None = None
+    """What its metrics are called (knn_top1/NAME); default: its kind, or the last part of its path."""
+    kind: DatasetKind | None = None
+    source: str | None = None
+    path: str | None = None
+    weight: Positive = 1.0
+    """Share of each epoch's pretraining images, against data.weight and the other pool entries."""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> PoolDataset:
+        if self.path is None and self.kind is None:
+            raise ValueError("give path (a prepared dataset) or kind (a dataset to prepare)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind or self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
 class DataConfig(Schema):
     kind: DatasetKind | None = "fashion-mnist"
     """A known dataset kind, prepared on first use into `cache_dir` when `path` is not given."""
@@ -48,6 +115,16 @@ class DataConfig(Schema):
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
     train_limit: Annotated[int, Field(ge=1)] | None = None
     """Pretrain on the first N train images only (used by --smoke)."""
+    subset: SubsetConfig = Field(default_factory=SubsetConfig)
+    corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
+    weight: Positive = 1.0
+    """This dataset's share of the pretraining images when `pool` is given."""
+    pool: list[PoolDataset] = Field(default_factory=list)
+    """Domain pooling: more prepared datasets pretrained on with this one, mixed by weight. An epoch keeps
+    this dataset's (subset) size: each entry gets round(size x weight / total weight) images, a seeded nested
+    subset of its train split (repeated if it has fewer). Every image is brought to this dataset's shape:
+    resized (bilinear, antialiased) to its height and width, gray -> RGB by repeating the channel, RGB -> gray
+    by luma (ITU-R 601), normalised with this dataset's mean and std. kNN is reported on each (knn_top1/NAME)."""
 
     @model_validator(mode="after")
     def _has_a_source(self) -> DataConfig:
@@ -55,7 +132,15 @@ class DataConfig(Schema):
             raise ValueError("give data.path (a prepared dataset) or data.kind (a dataset to prepare)")
         if self.path is None and self.kind == "image-folder" and self.source is None:
             raise ValueError("data.kind image-folder needs data.source (the folder)")
+        names = [entry.label for entry in self.pool]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.pool: two entries are called {sorted({n for n in names if names.count(n) > 1})}; give each a distinct name")
         return self
+
+    @property
+    def label(self) -> str:
+        """The main dataset's name in metrics and reports."""
+        return self.kind if self.path is None else self.path.rstrip("/").rsplit("/", 1)[-1]
 
 
 class ModelConfig(Schema):
@@ -221,6 +306,19 @@ class ViewsConfig(Schema):
         return sum(spec.count for spec in self.crops)
 
 
+Budget = Union[Annotated[int, Field(strict=True, ge=1)], Annotated[float, Field(gt=0.0, le=1.0)]]
+
+
+class ProbeConfig(Schema):
+    """Linear probe: a linear layer on frozen, L2-normalised backbone features (computed once), trained
+    with Adam on cross-entropy, full train split (or budget) -> test split."""
+
+    epochs: Annotated[int, Field(ge=1)] = 100
+    lr: Annotated[float, Field(gt=0.0)] = 1e-2
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+
+
 class EvaluationConfig(Schema):
     """kNN monitor: clean train split as the bank, test split as queries, cosine, weighted vote."""
 
@@ -230,6 +328,18 @@ class EvaluationConfig(Schema):
     """Use the first N train images as the bank (None: all; the protocol uses all)."""
     query_limit: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 1024
+    label_sets: list[str] = Field(default_factory=lambda: ["label"], min_length=1)
+    """Granularity: label sets to evaluate against. A label column of the prepared dataset (label;
+    label_coarse for CIFAR-100) or a label-map file: a shipped name (fashion-mnist-4) or a YAML path mapping
+    each group to its classes. The first is the monitor's knn_top1 (what ASHA ranks); others: knn_top1/NAME."""
+    budgets: list[Budget | Literal["all"]] = Field(default_factory=lambda: ["all"], min_length=1)
+    """Labeled budgets for `raysl eval` and the final evaluation: an int is labels per class, a float in
+    (0, 1] a fraction of the labeled train split, all: every label. A seeded (budget_seed) nested subset."""
+    budget_seed: int = 0
+    final: bool = False
+    """After the last epoch, also run the full evaluation (kNN top-1/top-5 and the linear probe, per label
+    set, budget and pool dataset) and write eval.json into the final checkpoint (a sweep's report plots it)."""
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
 
 # Kubernetes-style label syntax, as Ray checks node labels and label selectors.
@@ -302,6 +412,8 @@ class RunConfig(Schema):
             )
         self._check_views()
         self._check_method()
+        if len(set(self.evaluation.label_sets)) != len(self.evaluation.label_sets):
+            raise ValueError(f"evaluation.label_sets {self.evaluation.label_sets} names one set twice")
         if self.schedule.warmup_epochs > self.epochs:
             raise ValueError(f"schedule.warmup_epochs {self.schedule.warmup_epochs} exceeds epochs {self.epochs}")
         return self

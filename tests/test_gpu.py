@@ -9,7 +9,8 @@ import torch
 
 from raysl.config import RunConfig
 from raysl.data.views import make_views
-from raysl.training.loop import EvalData, Trainer
+from raysl.training.evaluation import EvalSet
+from raysl.training.loop import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,5 +29,5 @@ def test_bf16_steps_and_knn_on_cuda():
     metrics = trainer.train_epoch(batches)
     assert math.isfinite(metrics["loss"])
     labels = torch.arange(128) % 10
-    result = trainer.evaluate(EvalData(images, labels, images[:32], labels[:32], 10))
+    result = trainer.evaluate([EvalSet("random", images, images[:32], {"label": (labels, labels[:32], 10)})])
     assert 0.0 <= result["knn_top1"] <= 1.0

@@ -92,9 +92,11 @@ def split_files(uri: str, split: str) -> list[str]:
     return [join_uri(uri, shard) for shard in _split_entry(read_manifest(uri), uri, split)["shards"]]
 
 
-def load_split(uri: str, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a prepared split into memory: images uint8 (N, H, W, C), labels int64 (N,) (-1 where unlabeled).
-    With `limit`, only the first `limit` rows (and only the shards holding them) are read."""
+def load_split(
+    uri: str, split: str, limit: int | None = None, label_column: str = "label"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a prepared split into memory: images uint8 (N, H, W, C), labels int64 (N,) (-1 where unlabeled)
+    of `label_column`. With `limit`, only the first `limit` rows (and only the shards holding them) are read."""
     manifest = read_manifest(uri)
     shape = tuple(manifest["image_shape"])
     filesystem, path = open_filesystem(uri)
@@ -102,15 +104,24 @@ def load_split(uri: str, split: str, limit: int | None = None) -> tuple[np.ndarr
     for shard in _split_entry(manifest, uri, split)["shards"]:
         if limit is not None and count >= limit:
             break
-        table = pq.read_table(f"{path}/{shard}", columns=["image", "label"], filesystem=filesystem)
+        table = pq.read_table(f"{path}/{shard}", columns=["image", label_column], filesystem=filesystem)
         if limit is not None:
             table = table.slice(0, limit - count)
         images.append(_pixels(table.column("image"), shape))
-        labels.append(table.column("label").to_numpy().astype(np.int64))
+        labels.append(table.column(label_column).to_numpy().astype(np.int64))
         count += table.num_rows
     if not images:
         return np.empty((0, *shape), np.uint8), np.empty(0, np.int64)
     return np.concatenate(images), np.concatenate(labels)
+
+
+def load_labels(uri: str, split: str, column: str = "label") -> np.ndarray:
+    """One label column of a prepared split, int64 (N,), without reading the images."""
+    manifest = read_manifest(uri)
+    filesystem, path = open_filesystem(uri)
+    shards = _split_entry(manifest, uri, split)["shards"]
+    columns = [pq.read_table(f"{path}/{shard}", columns=[column], filesystem=filesystem).column(column) for shard in shards]
+    return np.concatenate([c.to_numpy().astype(np.int64) for c in columns]) if columns else np.empty(0, np.int64)
 
 
 def ensure_prepared(

@@ -18,37 +18,43 @@ import ray.train.torch
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.data.prepare import read_manifest, split_files
+from raysl.data.prepare import read_manifest
+from raysl.data.pretraining import PretrainingPlan, decode_images, plan_pretraining
 from raysl.data.views import make_views
 from raysl.storage import read_text, write_text
-from raysl.training.loop import CheckpointError, EvalData, NonFiniteLossError, Trainer
+from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
+from raysl.training.loop import CheckpointError, NonFiniteLossError, Trainer
 
 AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larger blocks to move
 # Written next to a run's checkpoints when its loss went non-finite: a restarted run (Train's or Tune's
 # retry) stops at once with the same message instead of training into the same NaN again.
 NONFINITE_MARKER = "nonfinite.txt"
-
-
-def decode_images(column: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """The Parquet `image` column (raw uint8 bytes per row) as one uint8 array (N, H, W, C)."""
-    return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
+EVAL_FILE = "eval.json"  # the full evaluation's results, inside the checkpoint directory they score
 
 
 class AugmentViews:
-    """Ray Data map_batches callable: decoded images in, one uint8 (N, C, S, S) column per view out.
+    """Ray Data map_batches callable: rows in, one uint8 (N, C, S, S) column per view out.
 
-    Runs in a long-lived actor (one per trial by default): on 2 cores, plain tasks were measured to
-    spend more CPU starting worker processes (importing torch) than augmenting, and left the Train
-    workers about a third of a core each. A fresh, unseeded generator per batch: new views every epoch.
+    Rows first go through the run's pretraining plan when it has data conditions (subset, pool, corruption:
+    raysl/data/pretraining.py); then the views are made. Runs in a long-lived actor (one per trial by
+    default): on 2 cores, plain tasks were measured to spend more CPU starting worker processes (importing
+    torch) than augmenting, and left the Train workers about a third of a core each. A fresh, unseeded
+    generator per batch: new views every epoch.
     """
 
-    def __init__(self, views: dict[str, Any], shape: tuple[int, int, int]):
+    def __init__(self, views: dict[str, Any], plan: PretrainingPlan):
         torch.set_num_threads(1)
         self.views = ViewsConfig.model_validate(views)
-        self.shape = tuple(shape)
+        self.plan = plan
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = torch.from_numpy(decode_images(batch["image"], self.shape).copy())
+        plan = self.plan
+        if plan.selective:
+            sources = plan.source_of(batch["path"]) if "path" in batch else None
+            pixels = plan.apply(batch["image"], batch["index"], sources)
+        else:
+            pixels = decode_images(batch["image"], plan.shape)
+        images = torch.from_numpy(pixels.copy())
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         made = make_views(images, self.views, generator)
         return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
@@ -71,30 +77,27 @@ def configure_data_context(run: RunConfig | None = None) -> None:
     context.execution_options.label_selector = dict(run.resources.augment_on) if run and run.resources.augment_on else None
 
 
-def build_view_dataset(run: RunConfig, data_uri: str) -> ray.data.Dataset:
-    """Parquet shards -> (optional limit) -> random views per batch, re-run (fresh views) every epoch."""
-    manifest = read_manifest(data_uri)
+def build_view_dataset(run: RunConfig, plan: PretrainingPlan) -> ray.data.Dataset:
+    """Parquet shards (of every pooled dataset) -> (optional limit) -> the plan's rows -> random views per
+    batch, re-run (fresh views) every epoch."""
     placement = {"label_selector": dict(run.resources.augment_on)} if run.resources.augment_on else {}
+    files = [file for source in plan.sources for file in source.files]
     dataset = ray.data.read_parquet(
-        split_files(data_uri, "train"), columns=["image"], num_cpus=run.resources.data_cpus, **placement
+        files, columns=["image", "index"] if plan.selective else ["image"], include_paths=len(plan.sources) > 1,
+        num_cpus=run.resources.data_cpus, **placement,
     )
-    if run.data.train_limit:
+    if run.data.train_limit and not plan.selective:
         dataset = dataset.limit(run.data.train_limit)
     dataset = dataset.randomize_block_order(seed=None)
     return dataset.map_batches(
         AugmentViews,
-        fn_constructor_kwargs={"views": run.views.model_dump(mode="json"), "shape": tuple(manifest["image_shape"])},
+        fn_constructor_kwargs={"views": run.views.model_dump(mode="json"), "plan": plan},
         batch_size=AUGMENT_BATCH,
         batch_format="numpy",
         num_cpus=run.resources.data_cpus,
         compute=ray.data.ActorPoolStrategy(size=run.resources.data_actors),
         **placement,
     )
-
-
-def train_images(run: RunConfig, manifest: dict[str, Any]) -> int:
-    count = manifest["splits"]["train"]["count"]
-    return min(count, run.data.train_limit) if run.data.train_limit else count
 
 
 def _view_batches(shard, batch_size: int):
@@ -110,13 +113,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Train worker runs: build the Trainer, resume from the latest checkpoint, then per
     epoch train on this worker's shard, evaluate (rank 0), and report metrics with a checkpoint."""
     run = RunConfig.model_validate(loop_config["run"])
-    data_uri = loop_config["data_uri"]
+    data_uri, pool_uris = loop_config["data_uri"], loop_config.get("pool_uris", [])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(run.resources.torch_threads or max(1, math.ceil(run.resources.cpus_per_worker)))
     device = ray.train.torch.get_device()
     manifest = read_manifest(data_uri)
-    steps_per_epoch = train_images(run, manifest) // run.batch_size
+    steps_per_epoch = loop_config["epoch_images"] // run.batch_size
     trainer = Trainer(
         run,
         in_channels=manifest["image_shape"][2],
@@ -138,7 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
     # resume shows in Tune's results and the run's result, not only in worker logs.
     started_at = trainer.epoch
-    eval_data = EvalData.from_dataset(run, data_uri, manifest) if rank == 0 else None
+    eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     while trainer.epoch < run.epochs:
         try:
@@ -148,7 +151,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             raise
         metrics["resumed_at_epoch"] = started_at
         if rank == 0:
-            metrics.update(trainer.evaluate(eval_data))
+            metrics.update(trainer.evaluate(eval_sets))
             print(
                 f"[{label}] epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} "
                 f"knn_top1 {metrics['knn_top1']:.4f} images/s {metrics['images_per_s']:.0f}",
@@ -158,8 +161,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             saved = None
             if rank == 0:
                 trainer.save(directory)
+                if run.evaluation.final and trainer.epoch == run.epochs:
+                    metrics.update(final_evaluation(trainer, eval_sets, directory, label))
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=saved)
+
+
+def final_evaluation(trainer: Trainer, eval_sets, directory: str, label: str) -> dict[str, float]:
+    """The full evaluation after the last epoch, written as eval.json into the checkpoint being saved."""
+    rows = trainer.full_evaluation(eval_sets, log=lambda text: print(f"[{label}] {text}", flush=True))
+    write_text(f"{directory}/{EVAL_FILE}", eval_document(trainer.run, trainer.epoch, rows))
+    return flat_metrics(rows)
 
 
 def run_directory(storage_path: str, name: str) -> str:
@@ -220,8 +232,10 @@ def build_trainer(
     git_commit: str,
     callbacks: list | None = None,
     label: str = "run",
+    pool_uris: list[str] | tuple[str, ...] = (),
 ) -> ray.train.torch.TorchTrainer:
     resources = run.resources
+    plan = plan_pretraining(run, data_uri, pool_uris)
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:
@@ -229,7 +243,8 @@ def build_trainer(
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "run": run.model_dump(mode="json"), "data_uri": data_uri, "git_commit": git_commit, "label": label,
+            "run": run.model_dump(mode="json"), "data_uri": data_uri, "pool_uris": list(pool_uris),
+            "epoch_images": plan.epoch_images, "git_commit": git_commit, "label": label,
             "run_dir": run_directory(storage_path, name),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -243,5 +258,5 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
-        datasets={"train": build_view_dataset(run, data_uri)},
+        datasets={"train": build_view_dataset(run, plan)},
     )

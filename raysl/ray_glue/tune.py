@@ -29,6 +29,7 @@ from raysl.training.loop import NonFiniteLossError
 METRIC = "knn_top1"
 # The trial driver only builds and watches a TorchTrainer; Tune rejects a zero-CPU trial.
 DRIVER_CPUS = 0.1
+SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in the experiment directory
 
 
 def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str, git_commit: str) -> None:
@@ -45,9 +46,12 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     if earlier := read_text(marker):  # a retried trial whose loss already went non-finite: not re-run
         raise NonFiniteLossError(earlier)
     configure_data_context(run)  # before the trainer copies the DataContext
+    from raysl.cli import resolve_pool  # the trial's own pool (data.pool can be searched); prepared before Ray started
+
     trainer = build_trainer(
         run,
         data_uri,
+        pool_uris=resolve_pool(run),
         storage_path=train_storage,
         name=trial_id,
         git_commit=git_commit,
@@ -190,6 +194,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 verbose=1,
             ),
         )
+        write_text(f"{path}/{SWEEP_FILE}", dump_yaml(sweep))  # what `raysl report` reads: search keys, epochs
         log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
     results = tuner.fit()
     rows = leaderboard_rows(results, sweep)

@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.data.prepare import load_split, read_manifest
+from raysl.data.prepare import read_manifest
+from raysl.data.pretraining import in_memory_epoch_images, plan_pretraining
 from raysl.data.views import make_views
-from raysl.training.loop import EvalData, Trainer
+from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
+from raysl.training.loop import Trainer
 
 
 def in_process_batches(
@@ -27,12 +29,14 @@ def in_process_batches(
         yield make_views(images[order[start : start + batch_size]], views, generator)
 
 
-def train_in_process(run: RunConfig, data_uri: str, *, git_commit: str = "unknown", log=print) -> str:
-    """Train `run` on a prepared dataset; checkpoint every epoch under storage_path/name (resumes from it)."""
+def train_in_process(
+    run: RunConfig, data_uri: str, *, pool_uris: list[str] | tuple[str, ...] = (), git_commit: str = "unknown", log=print
+) -> str:
+    """Train `run` on a prepared dataset (and its pool); checkpoint every epoch under storage_path/name
+    (resumes from it); with evaluation.final, write eval.json there after the last epoch."""
     manifest = read_manifest(data_uri)
-    train_images, _ = load_split(data_uri, "train", limit=run.data.train_limit)
-    eval_data = EvalData.from_dataset(run, data_uri, manifest)
-    images = torch.from_numpy(train_images)
+    images = torch.from_numpy(in_memory_epoch_images(plan_pretraining(run, data_uri, pool_uris)))
+    eval_sets = load_eval_sets(run, data_uri, pool_uris)
     trainer = Trainer(
         run, manifest["image_shape"][2], manifest["mean"], manifest["std"],
         steps_per_epoch=images.shape[0] // run.batch_size, git_commit=git_commit,
@@ -45,8 +49,12 @@ def train_in_process(run: RunConfig, data_uri: str, *, git_commit: str = "unknow
     generator = torch.Generator().manual_seed(run.seed + trainer.epoch)
     while trainer.epoch < run.epochs:
         metrics = trainer.train_epoch(in_process_batches(images, run.batch_size, run.views, generator))
-        metrics.update(trainer.evaluate(eval_data))
+        metrics.update(trainer.evaluate(eval_sets))
         trainer.save(output)
+        if run.evaluation.final and trainer.epoch == run.epochs:
+            rows = trainer.full_evaluation(eval_sets, log=log)
+            (output / "eval.json").write_text(eval_document(run, trainer.epoch, rows, str(output)))
+            metrics.update(flat_metrics(rows))
         with open(output / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         log(f"epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} knn_top1 {metrics['knn_top1']:.4f} "

@@ -10,7 +10,6 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,11 @@ import torch
 from torch import nn
 
 from raysl.config import RunConfig
-from raysl.data.prepare import load_split
 from raysl.data.views import normalize
 from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
-from raysl.training.monitor import embedding_std, extract_features, knn_top1
+from raysl.training.evaluation import EvalSet, FeatureOptions, full_evaluation, monitor_metrics
+from raysl.training.monitor import embedding_std
 from raysl.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
@@ -34,28 +33,6 @@ class NonFiniteLossError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt, or not a raysl checkpoint)."""
-
-
-@dataclass
-class EvalData:
-    """The kNN monitor's inputs: clean uint8 images (N, H, W, C) and int64 labels."""
-
-    bank_images: torch.Tensor
-    bank_labels: torch.Tensor
-    query_images: torch.Tensor
-    query_labels: torch.Tensor
-    num_classes: int
-
-    @classmethod
-    def from_dataset(cls, run: RunConfig, data_uri: str, manifest: dict[str, Any]) -> EvalData:
-        """The protocol's bank (clean train split) and queries (test split) of a prepared dataset."""
-        bank_images, bank_labels = load_split(data_uri, "train", limit=run.evaluation.bank_limit)
-        query_images, query_labels = load_split(data_uri, "test", limit=run.evaluation.query_limit)
-        return cls(
-            torch.from_numpy(bank_images), torch.from_numpy(bank_labels),
-            torch.from_numpy(query_images), torch.from_numpy(query_labels),
-            num_classes=len(manifest["class_names"]),
-        )
 
 
 def autocast_dtype(run: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -155,28 +132,30 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, data: EvalData) -> dict[str, float]:
-        """kNN top-1 (bank: clean train images, queries: test images) and the collapse signal."""
-        started = time.perf_counter()
-        cfg = self.run.evaluation
-        backbone = self.method.backbone
-        kwargs = dict(
-            batch_size=cfg.batch_size, device=self.device, autocast_dtype=self.autocast_dtype,
-            channels_last=self.run.channels_last,
+    def feature_options(self) -> FeatureOptions:
+        return FeatureOptions(
+            self.mean, self.std, self.run.evaluation.batch_size, self.device, self.autocast_dtype, self.run.channels_last
         )
-        bank = extract_features(backbone, data.bank_images, self.mean, self.std, **kwargs)
-        queries = extract_features(backbone, data.query_images, self.mean, self.std, **kwargs)
-        accuracy = knn_top1(queries, data.query_labels, bank, data.bank_labels, data.num_classes, cfg.knn_k, cfg.knn_temperature)
+
+    def evaluate(self, sets: list[EvalSet]) -> dict[str, float]:
+        """kNN top-1 (bank: clean train images, queries: test images) per evaluation set and label set
+        (`knn_top1` is the main dataset's first), and the collapse signal."""
+        started = time.perf_counter()
+        metrics, queries = monitor_metrics(self.method.backbone, sets, self.run.evaluation, self.feature_options())
         with torch.no_grad():
             self.method.projector.eval()
-            projected = self.method.projector(queries[: cfg.batch_size].to(self.device))
+            projected = self.method.projector(queries[: self.run.evaluation.batch_size].to(self.device))
             self.method.projector.train()
         return {
-            "knn_top1": accuracy,
+            **metrics,
             "embedding_std": embedding_std(projected),
             "embedding_dim": projected.shape[1],
             "eval_seconds": time.perf_counter() - started,
         }
+
+    def full_evaluation(self, sets: list[EvalSet], log=None) -> list[dict[str, Any]]:
+        """kNN top-1 / top-5 and the linear probe per evaluation set, label set and labeled budget."""
+        return full_evaluation(self.method.backbone, sets, self.run.evaluation, self.feature_options(), log=log)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

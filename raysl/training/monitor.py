@@ -41,7 +41,7 @@ def extract_features(
 
 
 @torch.no_grad()
-def knn_predict(
+def knn_scores(
     queries: torch.Tensor,
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
@@ -50,17 +50,26 @@ def knn_predict(
     temperature: float = 0.1,
     chunk_size: int = 512,
 ) -> torch.Tensor:
-    """Predicted labels of L2-normalised `queries` from a weighted vote of their k nearest bank entries."""
+    """Class scores (q, C) of L2-normalised `queries`: the summed exp(sim / T) of their k nearest bank entries
+    of each class. Chunked matmul + top-k, on whatever device the tensors are on."""
     k = min(k, bank.shape[0])
-    predictions = []
+    scores = []
     for start in range(0, queries.shape[0], chunk_size):
         similarity = queries[start : start + chunk_size] @ bank.T  # (q, B)
         top_similarity, top_index = similarity.topk(k, dim=1)  # (q, k)
         weights = (top_similarity / temperature).exp()
-        scores = torch.zeros(similarity.shape[0], num_classes, dtype=weights.dtype)
-        scores.scatter_add_(1, bank_labels[top_index], weights)
-        predictions.append(scores.argmax(dim=1))
-    return torch.cat(predictions)
+        chunk = torch.zeros(similarity.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+        chunk.scatter_add_(1, bank_labels[top_index], weights)
+        scores.append(chunk)
+    return torch.cat(scores)
+
+
+def knn_predict(
+    queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int, k: int = 200,
+    temperature: float = 0.1, chunk_size: int = 512,
+) -> torch.Tensor:
+    """Predicted labels of L2-normalised `queries` from a weighted vote of their k nearest bank entries."""
+    return knn_scores(queries, bank, bank_labels, num_classes, k, temperature, chunk_size).argmax(dim=1)
 
 
 def knn_top1(
@@ -69,6 +78,13 @@ def knn_top1(
 ) -> float:
     predicted = knn_predict(queries, bank, bank_labels, num_classes, k, temperature)
     return (predicted == query_labels).float().mean().item()
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose label is among the k highest scores, per k (k capped at the class count)."""
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return {k: hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
 
 
 def embedding_std(embeddings: torch.Tensor) -> float:

@@ -1,0 +1,126 @@
+"""What a run pretrains on, per epoch: the data conditions (subset, domain pool, corruption) planned once on
+the driver and applied to each batch of rows wherever the views are made (a Ray Data actor, or in-process).
+
+The plan holds, per dataset (main first, then data.pool), its shards and how many times each row appears
+per epoch (None: every row once). A batch of rows is decoded, repeated by those counts, brought to the main
+dataset's shape, corrupted (fixed per image) and returned as uint8 (N, H, W, C), ready for the view maker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from raysl.config import CorruptionConfig, RunConfig
+from raysl.data.conditions import pretraining_counts, to_shape
+from raysl.data.corruptions import corrupt
+from raysl.data.prepare import load_labels, load_split, read_manifest, split_files
+
+# Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two
+# datasets' image 0 do not share their noise.
+DATASET_INDEX_STRIDE = 1 << 40
+
+
+@dataclass
+class PoolSource:
+    name: str
+    uri: str
+    shape: tuple[int, int, int]
+    files: list[str]
+    counts: np.ndarray | None
+
+
+@dataclass
+class PretrainingPlan:
+    shape: tuple[int, int, int]
+    sources: list[PoolSource]
+    epoch_images: int
+    corruption: CorruptionConfig
+
+    @property
+    def selective(self) -> bool:
+        """True when rows need their index (and dataset) to be selected, repeated or corrupted."""
+        return len(self.sources) > 1 or self.sources[0].counts is not None or self.corruption.active
+
+    def source_of(self, paths: np.ndarray) -> np.ndarray:
+        """The dataset number of each row, from the shard path Ray Data read it from."""
+        lookup = {_bare(file): number for number, source in enumerate(self.sources) for file in source.files}
+        return np.array([lookup[_bare(str(path))] for path in paths], np.int64)
+
+    def apply(self, images: list[bytes] | np.ndarray, indices: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
+        """Rows (raw pixel bytes, their row index, their dataset number) -> this epoch's pretraining images."""
+        sources = np.zeros(len(indices), np.int64) if sources is None else sources
+        parts = []
+        for number, source in enumerate(self.sources):
+            rows = np.flatnonzero(sources == number)
+            if rows.size == 0:
+                continue
+            index = np.asarray(indices)[rows]
+            repeats = source.counts[index] if source.counts is not None else np.ones(rows.size, np.int64)
+            keep = np.repeat(np.arange(rows.size), repeats)
+            if keep.size == 0:
+                continue
+            pixels = decode_images([images[row] for row in rows[keep]], source.shape)
+            pixels = to_shape(pixels, self.shape)
+            parts.append(corrupt(pixels, index[keep] + number * DATASET_INDEX_STRIDE, self.corruption))
+        if not parts:
+            size = self.corruption.resize
+            return np.empty((0, *(self.shape[:2] if not size else _resized(self.shape[:2], size)), self.shape[2]), np.uint8)
+        return np.concatenate(parts)
+
+
+def _bare(path: str) -> str:
+    """A shard path without its URI scheme, as Ray Data's include_paths reports it."""
+    return path.split("://", 1)[-1]
+
+
+def _resized(size: tuple[int, int], longer: int) -> tuple[int, int]:
+    height, width = size
+    scale = longer / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def decode_images(column: list[bytes] | np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Raw pixel bytes per row (the Parquet `image` column) as one uint8 array (N, H, W, C)."""
+    return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
+
+
+def plan_pretraining(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple[str, ...] = ()) -> PretrainingPlan:
+    """Read the labels and sizes the plan needs (not the images) and fix what every epoch pretrains on."""
+    manifest = read_manifest(data_uri)
+    shape = tuple(manifest["image_shape"])
+    uris = [data_uri, *pool_uris]
+    names = [run.data.label, *(entry.label for entry in run.data.pool)]
+    manifests = [manifest, *(read_manifest(uri) for uri in pool_uris)]
+    conditioned = bool(run.data.pool) or run.data.subset.count is not None or run.data.subset.fraction is not None
+    if conditioned:
+        labels = load_labels(data_uri, "train")
+        counts = pretraining_counts(run, labels, [m["splits"]["train"]["count"] for m in manifests[1:]])
+        epoch_images = int(sum(c.sum() for c in counts))
+    else:
+        counts = [None]
+        total = manifest["splits"]["train"]["count"]
+        epoch_images = min(total, run.data.train_limit) if run.data.train_limit else total
+        if run.data.train_limit and run.data.train_limit < total:
+            counts = [(np.arange(total) < run.data.train_limit).astype(np.int32)] if run.data.corruption.active else [None]
+    sources = [
+        PoolSource(name, uri, tuple(m["image_shape"]), split_files(uri, "train"), count)
+        for name, uri, m, count in zip(names, uris, manifests, counts)
+    ]
+    return PretrainingPlan(shape, sources, epoch_images, run.data.corruption)
+
+
+def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
+    """Every image one epoch pretrains on (repeats included), in memory: for in-process training."""
+    parts = []
+    for number, source in enumerate(plan.sources):
+        images, _ = load_split(source.uri, "train")
+        rows = np.arange(len(images))
+        if source.counts is not None:
+            rows = np.repeat(rows, source.counts)
+        elif number == 0 and len(plan.sources) == 1:
+            rows = rows[: plan.epoch_images]
+        pixels = to_shape(images[rows], plan.shape)
+        parts.append(corrupt(pixels, rows + number * DATASET_INDEX_STRIDE, plan.corruption))
+    return np.concatenate(parts)
