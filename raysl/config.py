@@ -90,8 +90,9 @@ class PoolDataset(Schema):
     kind: DatasetKind | None = None
     source: str | None = None
     path: str | None = None
-    weight: Positive = 1.0
-    """Share of each epoch's pretraining images, against data.weight and the other pool entries."""
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+    """Share of each epoch's pretraining images, against data.weight and the other pool entries
+    (0: evaluated on, not pretrained on)."""
 
     @model_validator(mode="after")
     def _has_a_source(self) -> PoolDataset:
@@ -117,8 +118,9 @@ class DataConfig(Schema):
     """Pretrain on the first N train images only (used by --smoke)."""
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
-    weight: Positive = 1.0
-    """This dataset's share of the pretraining images when `pool` is given."""
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+    """This dataset's share of the pretraining images when `pool` is given (0: pretrain on the pool only,
+    still evaluate on this dataset: the out-of-domain case)."""
     pool: list[PoolDataset] = Field(default_factory=list)
     """Domain pooling: more prepared datasets pretrained on with this one, mixed by weight. An epoch keeps
     this dataset's (subset) size: each entry gets round(size x weight / total weight) images, a seeded nested
@@ -132,6 +134,8 @@ class DataConfig(Schema):
             raise ValueError("give data.path (a prepared dataset) or data.kind (a dataset to prepare)")
         if self.path is None and self.kind == "image-folder" and self.source is None:
             raise ValueError("data.kind image-folder needs data.source (the folder)")
+        if self.weight + sum(entry.weight for entry in self.pool) <= 0:
+            raise ValueError("data.weight and data.pool weights are all 0: nothing to pretrain on")
         names = [entry.label for entry in self.pool]
         if len(set(names)) != len(names):
             raise ValueError(f"data.pool: two entries are called {sorted({n for n in names if names.count(n) > 1})}; give each a distinct name")
