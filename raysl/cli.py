@@ -155,6 +155,14 @@ def command_train(args: argparse.Namespace) -> None:
     _gpu_check(run, "resources")
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
     check_data_conditions(run, data_uri, pool_uris, f"{args.config}: ")
+    if run.data.corruption.active:
+        from raysl.data.pretraining import corruption_samples_png
+        from raysl.ray_glue.tune import absolute_path
+        from raysl.storage import write_bytes
+
+        target = f"{absolute_path(run.storage_path).rstrip('/')}/{run.name}/corruption_samples.png"
+        write_bytes(target, corruption_samples_png(data_uri, [run.data.corruption]))
+        _log(f"corruption samples: {target}")
     if args.local:
         from raysl.training.local import train_in_process
         from raysl.training.loop import CheckpointError, NonFiniteLossError

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import secrets
+import socket
 
 # Ray 2.60 reads its authentication mode once per process, at first use. Set it for the whole session,
 # before anything imports Ray: the embedded Rays, the multi-node cluster, its clients (State API, job
@@ -81,3 +83,29 @@ def mnist_5k(tmp_path_factory) -> str:
     out = root / "prepared"
     prepare("mnist", str(make_mnist_5k_source(root / "idx")), str(out), progress=False, workers=1)
     return str(out)
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str):
+    """A real S3 server (moto's) on 127.0.0.1 with `bucket` made, and the environment that points pyarrow,
+    boto3 and Ray's workers at it; yields that environment."""
+    moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        try:
+            yield env
+        finally:
+            server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -15,37 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_idx_source
+from conftest import make_idx_source, moto_s3
 
 pytestmark = pytest.mark.slow
-moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "raysl-test"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on 127.0.0.1 and the environment that points pyarrow, boto3 and Ray's workers at it."""
-    from raysl.ray_glue.local_cluster import free_port
-
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        try:
-            yield env
-        finally:
-            server.stop()
+def s3():
+    with moto_s3(BUCKET) as env:
+        yield env
 
 
 def keys(prefix: str) -> list[str]:
@@ -93,6 +75,17 @@ def test_prepare_sweep_checkpoints_and_resume_on_s3(s3, tmp_path):
     assert "knn_top1" in read("results/tiny/best_config.yaml")
     for row in rows:
         assert [k for k in keys(f"results/tiny/train/{row['trial']}/") if k.endswith("/state.pt")], row["trial"]
+    # The report, built at the sweep's end, is on S3 too.
+    assert {"results/tiny/leaderboard.md", "results/tiny/plots/knn_per_epoch.png"} <= set(keys("results/tiny/"))
+    assert "2 completed" in read("results/tiny/leaderboard.md")
+
+    # raysl eval on a checkpoint in S3 (the trial's run directory: its newest checkpoint) writes eval.json beside it.
+    evaluated = raysl("eval", f"{experiment}/train/{rows[0]['trial']}", "--set", "evaluation.budgets=[5, all]",
+                      "--set", "evaluation.probe.epochs=3")
+    written = evaluated.stdout.strip().splitlines()[-1]
+    assert written.startswith(f"{experiment}/train/{rows[0]['trial']}/checkpoint_") and written.endswith("/eval.json")
+    results = json.loads(read(written.removeprefix(f"s3://{BUCKET}/")))["results"]
+    assert [(row["budget"], row["bank_size"]) for row in results] == [("5-per-class", 50), ("all", 1000)]
 
     again = raysl("sweep", str(sweep), "--resume")  # restores the finished experiment from S3: nothing re-run
     assert f"resuming sweep at {experiment}" in again.stdout

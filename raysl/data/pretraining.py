@@ -14,7 +14,7 @@ import numpy as np
 
 from raysl.config import CorruptionConfig, RunConfig
 from raysl.data.conditions import pretraining_counts, to_shape
-from raysl.data.corruptions import corrupt
+from raysl.data.corruptions import corrupt, describe, sample_grid_png
 from raysl.data.prepare import load_labels, load_split, read_manifest, split_files
 
 # Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two
@@ -124,3 +124,10 @@ def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
         pixels = to_shape(images[rows], plan.shape)
         parts.append(corrupt(pixels, rows + number * DATASET_INDEX_STRIDE, plan.corruption))
     return np.concatenate(parts)
+
+
+def corruption_samples_png(data_uri: str, settings: list[CorruptionConfig], count: int = 8) -> bytes:
+    """A PNG grid: the first `count` train images clean, then under each corruption setting (one row each)."""
+    images, _ = load_split(data_uri, "train", limit=count)
+    rows = [("clean", CorruptionConfig())] + [(describe(setting), setting) for setting in settings if setting.active]
+    return sample_grid_png(images, rows)

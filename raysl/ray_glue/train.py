@@ -54,6 +54,10 @@ class AugmentViews:
             pixels = plan.apply(batch["image"], batch["index"], sources)
         else:
             pixels = decode_images(batch["image"], plan.shape)
+        if len(pixels) == 0:  # a block the plan keeps nothing of (a small subset): no views, right shapes
+            channels = pixels.shape[-1]
+            return {f"view_{index}": np.empty((0, channels, spec.size, spec.size), np.uint8)
+                    for index, spec in enumerate(spec for spec in self.views.crops for _ in range(spec.count))}
         images = torch.from_numpy(pixels.copy())
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         made = make_views(images, self.views, generator)

@@ -6,11 +6,8 @@ Train V2 runs inside Tune as a *driver function* that builds a TorchTrainer and 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +17,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.errors import UserError
+from raysl.report import build_report
+from raysl.report import error_status as status_from_error_text
 from raysl.ray_glue.train import (
     NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.storage import exists, list_dirs, read_text, write_text
+from raysl.data.pretraining import corruption_samples_png
+from raysl.storage import exists, list_dirs, read_text, write_bytes, write_text
 from raysl.training.loop import NonFiniteLossError
 
 METRIC = "knn_top1"
@@ -195,11 +195,16 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             ),
         )
         write_text(f"{path}/{SWEEP_FILE}", dump_yaml(sweep))  # what `raysl report` reads: search keys, epochs
+        write_corruption_samples(sweep, data_uri, path, log)
         log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
     results = tuner.fit()
     rows = leaderboard_rows(results, sweep)
-    write_leaderboard(rows, sweep, path, log)
+    print_leaderboard(rows, log)
     write_best_config(rows, sweep, path, log)
+    try:
+        build_report(path, log=log)
+    except Exception as error:  # the sweep's results stand without the report; it can be rebuilt
+        log(f"the report could not be built ({type(error).__name__}: {error}); retry with: raysl report {path}")
     failed = [result for result in results if result.error is not None]
     if failed and len(failed) == len(rows):
         raise UserError(
@@ -207,6 +212,18 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             f"(full traces: error.txt in the trial directories under {path})"
         )
     return path
+
+
+def write_corruption_samples(sweep: SweepConfig, data_uri: str, path: str, log=print) -> None:
+    """plots/corruption_samples.png: what every corruption setting the sweep can draw does to the images."""
+    settings = [sweep.base.data.corruption]
+    for key, distribution in sweep.search.items():
+        if key.startswith("data.corruption"):
+            settings += [apply_assignment(sweep.base, {key: value}).data.corruption for value in distribution.values_to_check()]
+    if any(setting.active for setting in settings):
+        target = f"{path}/plots/corruption_samples.png"
+        write_bytes(target, corruption_samples_png(data_uri, list({s.model_dump_json(): s for s in settings}.values())))
+        log(f"corruption samples: {target}")
 
 
 def _error_summary(error: BaseException) -> str:
@@ -251,12 +268,8 @@ def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
 
 def error_status(error: BaseException) -> str:
     """A failed trial's leaderboard status: the non-finite loss's epoch and step, or the error's type."""
-    text = str(error)
-    found = re.search(r"loss became (\S+) at epoch (\d+), step (\d+)", text)
-    if found:
-        return f"failed: loss {found[1]} at epoch {found[2]} step {found[3]}"
-    names = re.findall(r"\b(\w+(?:Error|Exception))\b", text)
-    return f"failed: {names[-1] if names else type(error).__name__}"
+    status = status_from_error_text(str(error))
+    return status if status != "failed" else f"failed: {type(error).__name__}"
 
 
 def _format(value: Any) -> str:
@@ -265,18 +278,14 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def write_leaderboard(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
+def print_leaderboard(rows: list[dict[str, Any]], log=print) -> None:
+    """The leaderboard in the log; leaderboard.csv / .md and the plots are the report's (raysl/report.py)."""
     columns = [column for column in (rows[0] if rows else {"trial": None}) if not column.startswith("_")]
     table = [columns] + [[_format(row[column]) for column in columns] for row in rows]
     widths = [max(len(line[index]) for line in table) for index in range(len(columns))]
     log("\nleaderboard (best kNN top-1 per trial):")
     for line in table:
         log("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(f"{path}/leaderboard.csv", text.getvalue())  # a local directory or object storage
 
 
 def write_best_config(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
