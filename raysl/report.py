@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from raysl.config import ASHAConfig, SweepConfig
 from raysl.errors import UserError
-from raysl.storage import list_dirs, list_files, read_text, write_bytes, write_text
+from raysl.storage import exists, list_dirs, list_files, read_text, write_bytes, write_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -609,5 +609,7 @@ def build_report(experiment_dir: str, *, log: Callable[[str], None] = print) -> 
         if png is not None:
             write(f"plots/{name}.png", png)
             images.append(f"plots/{name}.png")
+    if exists(f"{uri}/plots/corruption_samples.png"):  # written when a sweep with corruptions starts
+        images.append("plots/corruption_samples.png")
     write("leaderboard.md", leaderboard_markdown(experiment, rows, images))
     return written
