@@ -42,12 +42,16 @@ def _resolve(path: str | None, kind: str | None, source: str | None, cache_dir: 
     from raysl.data.prepare import ensure_prepared, read_manifest
 
     if path:
+        path = path if "://" in path else os.path.abspath(os.path.expanduser(path))  # as Ray Data will see it
         try:
             read_manifest(path)
         except UserError as error:
             raise UserError(f"{field}: {error}") from None
         return path
-    return ensure_prepared(kind, source, os.path.expanduser(cache_dir), image_size=image_size, log=_log)
+    try:
+        return ensure_prepared(kind, source, os.path.abspath(os.path.expanduser(cache_dir)), image_size=image_size, log=_log)
+    except UserError as error:
+        raise UserError(f"{field.rsplit('.', 1)[0]}.kind {kind}: {error}") from None
 
 
 def resolve_data(run: RunConfig) -> str:
@@ -63,16 +67,36 @@ def resolve_pool(run: RunConfig) -> list[str]:
     ]
 
 
-def check_data_conditions(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
-    """Data-dependent checks before Ray starts: the subset fits the train split (and its classes when
-    balanced), every label set fits the dataset's classes. `where` prefixes errors (a sweep's drawn value)."""
+def check_evaluation(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
+    """What evaluation needs, before Ray starts: distinct datasets, label sets that fit the main dataset's
+    classes with distinct names, and labels in every pool dataset (each is evaluated with kNN)."""
     from raysl.data.prepare import read_manifest
-    from raysl.data.pretraining import plan_pretraining
     from raysl.training.evaluation import label_sets_of
 
+    uris = [data_uri, *pool_uris]
+    for index, uri in enumerate(pool_uris):
+        if uris.index(uri) <= index:
+            raise UserError(f"{where}data.pool.{index}: {uri} is already in the pool (or is the main dataset); list each dataset once")
+        if not read_manifest(uri)["class_names"]:
+            raise UserError(f"{where}data.pool.{index}: {uri} has no labels, and every pool dataset is evaluated with kNN")
+    try:
+        names = [label_set.name for label_set in label_sets_of(run, read_manifest(data_uri))]
+    except UserError as error:
+        raise UserError(f"{where}{error}") from None
+    for name in names:
+        if names.count(name) > 1 or ":" in name or "/" in name:
+            raise UserError(f"{where}evaluation.label_sets: the set name {name!r} is used twice or holds ':' or '/' "
+                            "(label-map files name their set with `name:`, else their file name)")
+
+
+def check_data_conditions(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
+    """Data-dependent checks before Ray starts: the subset fits the train split (and its classes when
+    balanced), an epoch holds a batch, and check_evaluation. `where` prefixes errors (a sweep's drawn value)."""
+    from raysl.data.pretraining import plan_pretraining
+
+    check_evaluation(run, data_uri, pool_uris, where)
     try:
         plan = plan_pretraining(run, data_uri, pool_uris)
-        label_sets_of(run, read_manifest(data_uri))
     except UserError as error:
         raise UserError(f"{where}{error}") from None
     if plan.epoch_images < run.batch_size:
@@ -84,12 +108,13 @@ def check_sweep_data(sweep, data_uri: str, source: str) -> None:
     """check_data_conditions for the base and for every data / evaluation value the search can draw."""
     from raysl.config import apply_assignment
 
-    check_data_conditions(sweep.base, data_uri, resolve_pool(sweep.base), f"{source}: base: ")
+    base = sweep.base.with_absolute_paths(os.getcwd())
+    check_data_conditions(base, data_uri, resolve_pool(base), f"{source}: base: ")
     for key, distribution in sweep.search.items():
         if key.split(".")[0] not in ("data", "evaluation", "batch_size"):
             continue
         for value in distribution.values_to_check():
-            run = apply_assignment(sweep.base, {key: value})
+            run = apply_assignment(sweep.base, {key: value}).with_absolute_paths(os.getcwd())
             check_data_conditions(run, data_uri, resolve_pool(run), f"{source}: search.{key}={value!r}: ")
 
 
@@ -150,7 +175,7 @@ def command_validate(args: argparse.Namespace) -> None:
 def command_train(args: argparse.Namespace) -> None:
     if detect_file_kind(read_yaml(args.config)) == "sweep":
         raise UserError(f"{args.config}: this is a sweep file (it has base/search/scheduler); run it with `raysl sweep`")
-    run = load_run_config(args.config, args.set, smoke=args.smoke)
+    run = load_run_config(args.config, args.set, smoke=args.smoke).with_absolute_paths(os.getcwd())
     _log_notes(run.notes())
     _gpu_check(run, "resources")
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
@@ -289,6 +314,7 @@ def command_eval(args: argparse.Namespace) -> None:
     from raysl.data.prepare import read_manifest
     from raysl.methods import build_method
     from raysl.storage import write_text
+    from raysl.training.loop import autocast_dtype
     from raysl.training.evaluation import (
         FeatureOptions, eval_document, find_checkpoint, full_evaluation, load_checkpoint, load_eval_sets,
     )
@@ -303,11 +329,11 @@ def command_eval(args: argparse.Namespace) -> None:
             raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")
         set_dotted(data, key, value, source=f"--set {key}")
     try:
-        run = RunConfig.model_validate(data)
+        run = RunConfig.model_validate(data).with_absolute_paths(os.getcwd())
     except ValidationError as error:
         raise UserError(f"{directory}: the checkpoint's config with --set is invalid\n{_validation_message(error)}") from None
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
-    check_data_conditions(run, data_uri, pool_uris, "")
+    check_evaluation(run, data_uri, pool_uris)
     manifest = read_manifest(data_uri)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     method = build_method(run, manifest["image_shape"][2])
@@ -315,7 +341,7 @@ def command_eval(args: argparse.Namespace) -> None:
     method.to(device)
     options = FeatureOptions(
         torch.tensor(manifest["mean"], device=device), torch.tensor(manifest["std"], device=device),
-        run.evaluation.batch_size, device, torch.bfloat16 if device.type == "cuda" else None,
+        run.evaluation.batch_size, device, autocast_dtype(run, device),
     )
     _log(f"evaluating {directory} (epoch {state.get('epoch')}, {run.method.name}) on {device}")
     rows = full_evaluation(method.backbone, load_eval_sets(run, data_uri, pool_uris), run.evaluation, options, log=_log)

@@ -98,6 +98,8 @@ class PoolDataset(Schema):
     def _has_a_source(self) -> PoolDataset:
         if self.path is None and self.kind is None:
             raise ValueError("give path (a prepared dataset) or kind (a dataset to prepare)")
+        if self.path is None and self.kind == "image-folder" and self.source is None:
+            raise ValueError("kind image-folder needs source (the folder)")
         return self
 
     @property
@@ -136,9 +138,10 @@ class DataConfig(Schema):
             raise ValueError("data.kind image-folder needs data.source (the folder)")
         if self.weight + sum(entry.weight for entry in self.pool) <= 0:
             raise ValueError("data.weight and data.pool weights are all 0: nothing to pretrain on")
-        names = [entry.label for entry in self.pool]
+        names = [self.label, *(entry.label for entry in self.pool)]
         if len(set(names)) != len(names):
-            raise ValueError(f"data.pool: two entries are called {sorted({n for n in names if names.count(n) > 1})}; give each a distinct name")
+            raise ValueError(f"data.pool: two datasets are called {sorted({n for n in names if names.count(n) > 1})} "
+                             "(the main dataset is named after its kind or path); give each pool entry a distinct name")
         return self
 
     @property
@@ -314,8 +317,9 @@ Budget = Union[Annotated[int, Field(strict=True, ge=1)], Annotated[float, Field(
 
 
 class ProbeConfig(Schema):
-    """Linear probe: a linear layer on frozen, L2-normalised backbone features (computed once), trained
-    with Adam on cross-entropy, full train split (or budget) -> test split."""
+    """Linear probe on frozen, L2-normalised backbone features (computed once): standardised with the training
+    features' statistics, then one linear layer trained with AdamW on cross-entropy; train split (the budget's
+    labels) -> test split."""
 
     epochs: Annotated[int, Field(ge=1)] = 100
     lr: Annotated[float, Field(gt=0.0)] = 1e-2
@@ -472,6 +476,21 @@ class RunConfig(Schema):
                 )
             if self.batch_size % method.w_size:
                 raise ValueError(f"method.w_size {method.w_size} must divide batch_size {self.batch_size}")
+
+    def with_absolute_paths(self, cwd: str) -> RunConfig:
+        """Local paths (data, pool, cache, label-map files) made absolute against `cwd`: Tune trials and Train
+        workers run in their own working directories, so a relative path must be fixed where it was written."""
+        def absolute(path: str | None) -> str | None:
+            return path if path is None or "://" in path else os.path.join(cwd, os.path.expanduser(path))
+
+        data = self.data.model_copy(update={
+            "path": absolute(self.data.path), "source": absolute(self.data.source), "cache_dir": absolute(self.data.cache_dir),
+            "pool": [entry.model_copy(update={"path": absolute(entry.path), "source": absolute(entry.source)})
+                     for entry in self.data.pool],
+        })
+        label_sets = [absolute(spec) if spec.endswith((".yaml", ".yml")) or "/" in spec else spec
+                      for spec in self.evaluation.label_sets]
+        return self.model_copy(update={"data": data, "evaluation": self.evaluation.model_copy(update={"label_sets": label_sets})})
 
     def notes(self) -> list[str]:
         """Things allowed but worth a line in the log."""

@@ -3,6 +3,7 @@ kNN top-5, the linear probe, and the full evaluation of a model on a prepared da
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -156,15 +157,15 @@ def test_label_map_must_map_every_class_exactly_once(tmp_path):
 
 def test_linear_probe_separates_linearly_separable_features():
     generator = torch.Generator().manual_seed(0)
-    centres = torch.randn(5, 32, generator=generator) * 3
-    labels = torch.randint(0, 5, (2000,), generator=generator)
+    centres = torch.randn(8, 32, generator=generator) * 3
+    labels = torch.randint(0, 8, (2000,), generator=generator)
     features = centres[labels] + torch.randn(2000, 32, generator=generator)
     from raysl.config import ProbeConfig
 
-    probe = train_linear_probe(features[:1500], labels[:1500], 5, ProbeConfig(epochs=30))
+    probe = train_linear_probe(features[:1500], labels[:1500], 8, ProbeConfig(epochs=30))
     accuracy = probe_accuracy(probe, features[1500:], labels[1500:])
     assert accuracy[1] > 0.98 and accuracy[5] == 1.0
-    chance = train_linear_probe(features[:1500], labels[torch.randperm(1500, generator=generator)], 5, ProbeConfig(epochs=5))
+    chance = train_linear_probe(features[:1500], labels[torch.randperm(1500, generator=generator)], 8, ProbeConfig(epochs=5))
     assert probe_accuracy(chance, features[1500:], labels[1500:])[1] < 0.5
 
 
@@ -176,6 +177,8 @@ def test_knn_top5_is_at_least_top1_and_exact_on_a_known_case():
     assert scores.argmax().item() == 0
     accuracy = topk_accuracy(scores, torch.tensor([1]), (1, 5))
     assert accuracy == {1: 0.0, 5: 1.0}
+    few = topk_accuracy(scores[:, :4], torch.tensor([0]), (1, 5))  # top-5 of 4 classes says nothing
+    assert few[1] == 1.0 and math.isnan(few[5])
 
 
 # ------------------------------------------------------------------------------------------ on a prepared dataset

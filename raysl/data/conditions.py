@@ -92,13 +92,21 @@ def pretraining_counts(
     epoch = len(main_order) if data.subset.epoch_size == "subset" else len(main_labels)
     if data.train_limit:
         epoch = min(epoch, data.train_limit)
-    weights = [data.weight, *(entry.weight for entry in data.pool)]
-    shares = [round(epoch * weight / sum(weights)) for weight in weights]
-    shares[0] = epoch - sum(shares[1:])  # rounding: the main dataset takes the remainder
+    shares = split_by_weight(epoch, [data.weight, *(entry.weight for entry in data.pool)])
     counts = [repeat_counts(main_order, shares[0], len(main_labels))]
     for index, (size, share) in enumerate(zip(pool_sizes, shares[1:]), start=1):
         counts.append(repeat_counts(seeded_order(size, data.subset.seed, index), share, size))
     return counts
+
+
+def split_by_weight(total: int, weights: Sequence[float]) -> list[int]:
+    """`total` split in proportion to `weights` by largest remainder: shares sum to total, weight 0 gets 0."""
+    exact = [total * weight / sum(weights) for weight in weights]
+    shares = [int(value) for value in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda index: shares[index] - exact[index])
+    for index in by_remainder[: total - sum(shares)]:
+        shares[index] += 1
+    return shares
 
 
 def budget_name(budget: int | float | str) -> str:

@@ -43,10 +43,21 @@ class PretrainingPlan:
         """True when rows need their index (and dataset) to be selected, repeated or corrupted."""
         return len(self.sources) > 1 or self.sources[0].counts is not None or self.corruption.active
 
+    @property
+    def mixes(self) -> bool:
+        """True when rows must be shuffled across the whole epoch: a row repeated (a small subset with
+        epoch_size full, a small pool dataset) or several datasets whose shards would fill batches alone."""
+        return len(self.sources) > 1 or any(source.counts is not None and source.counts.max() > 1 for source in self.sources)
+
     def source_of(self, paths: np.ndarray) -> np.ndarray:
         """The dataset number of each row, from the shard path Ray Data read it from."""
-        lookup = {_bare(file): number for number, source in enumerate(self.sources) for file in source.files}
-        return np.array([lookup[_bare(str(path))] for path in paths], np.int64)
+        if not hasattr(self, "_lookup"):
+            self._lookup = {_bare(file): number for number, source in enumerate(self.sources) for file in source.files}
+        try:
+            return np.array([self._lookup[_bare(str(path))] for path in paths], np.int64)
+        except KeyError as error:
+            raise RuntimeError(f"read a shard that belongs to no dataset of the pool: {error.args[0]} "
+                               f"(known: {sorted(self._lookup)[:3]}...)") from None
 
     def apply(self, images: list[bytes] | np.ndarray, indices: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
         """Rows (raw pixel bytes, their row index, their dataset number) -> this epoch's pretraining images."""

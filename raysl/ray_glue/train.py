@@ -93,7 +93,7 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan) -> ray.data.Datase
     if run.data.train_limit and not plan.selective:
         dataset = dataset.limit(run.data.train_limit)
     dataset = dataset.randomize_block_order(seed=None)
-    return dataset.map_batches(
+    dataset = dataset.map_batches(
         AugmentViews,
         fn_constructor_kwargs={"views": run.views.model_dump(mode="json"), "plan": plan},
         batch_size=AUGMENT_BATCH,
@@ -102,6 +102,13 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan) -> ray.data.Datase
         compute=ray.data.ActorPoolStrategy(size=run.resources.data_actors),
         **placement,
     )
+    if plan.mixes:
+        # A repeated row's copies leave the actor together (a 1k subset of 60k, repeated to 60k, puts ~60
+        # copies of each image in one block), and a pool's datasets arrive shard by shard: the local shuffle
+        # buffer cannot spread that over the epoch, so every epoch's views are shuffled globally (a barrier:
+        # the epoch's views are made before its first batch; small next to an epoch of training here).
+        dataset = dataset.random_shuffle(num_cpus=run.resources.data_cpus, **placement)
+    return dataset
 
 
 def _view_batches(shard, batch_size: int):

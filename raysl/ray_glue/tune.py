@@ -32,11 +32,11 @@ DRIVER_CPUS = 0.1
 SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in the experiment directory
 
 
-def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str, git_commit: str) -> None:
-    """One trial: the base run config with the drawn values, trained by a TorchTrainer named after the
-    trial, so a restarted trial resumes from its own latest checkpoint."""
+def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str, git_commit: str, cwd: str) -> None:
+    """One trial: the base run config with the drawn values (local paths against the driver's `cwd`), trained
+    by a TorchTrainer named after the trial, so a restarted trial resumes from its own latest checkpoint."""
     sweep_config = SweepConfig.model_validate(sweep)
-    run = apply_assignment(sweep_config.base, config["search"])
+    run = apply_assignment(sweep_config.base, config["search"]).with_absolute_paths(cwd)
     run = run.model_copy(update={"epochs": sweep_config.max_epochs})
     context = tune.get_context()
     trial_id = context.get_trial_id()
@@ -110,7 +110,9 @@ def check_cpu_budget(sweep: SweepConfig, total_cpus: float, where: str) -> None:
 
 
 def _trainable(sweep: SweepConfig, data_uri: str, git_commit: str):
-    trainable = tune.with_parameters(raysl_trial, sweep=sweep.model_dump(mode="json"), data_uri=data_uri, git_commit=git_commit)
+    trainable = tune.with_parameters(
+        raysl_trial, sweep=sweep.model_dump(mode="json"), data_uri=data_uri, git_commit=git_commit, cwd=os.getcwd()
+    )
     return tune.with_resources(trainable, {"cpu": DRIVER_CPUS})
 
 

@@ -10,6 +10,7 @@ the main dataset's `evaluation.label_sets`, and `label` for each pool dataset. R
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 from raysl.config import EvaluationConfig, RunConfig
 from raysl.data.conditions import budget_indices, budget_name, to_shape
 from raysl.data.labelsets import LabelSet, resolve_label_set
-from raysl.data.prepare import load_split, read_manifest
+from raysl.data.prepare import load_labels, load_split, read_manifest
 from raysl.errors import UserError
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
 from raysl.training.probe import probe_accuracy, train_linear_probe
@@ -59,7 +60,7 @@ def load_eval_sets(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple[s
         split_data = {}
         for split, limit in zip(("train", "test"), limits):
             images, labels = load_split(uri, split, limit=limit, label_column=columns[0])
-            others = {column: load_split(uri, split, limit=limit, label_column=column)[1] for column in columns[1:]}
+            others = {column: load_labels(uri, split, column)[: len(labels)] for column in columns[1:]}
             split_data[split] = (to_shape(images, shape), {columns[0]: labels, **others})
         eval_set = EvalSet(name, torch.from_numpy(split_data["train"][0]), torch.from_numpy(split_data["test"][0]))
         for label_set in label_sets:
@@ -128,7 +129,9 @@ def full_evaluation(
                 rows.append({
                     "dataset": eval_set.dataset, "label_set": name, "budget": budget_name(budget),
                     "classes": classes, "bank_size": int(len(chosen)), "queries": int(scored.sum()),
-                    "knn_top1": knn[1], "knn_top5": knn[5], "probe_top1": probed[1], "probe_top5": probed[5],
+                    # top-5 of 5 or fewer classes is always right: None (null in eval.json), not 1.0
+                    **{key: None if math.isnan(value) else value for key, value in (
+                        ("knn_top1", knn[1]), ("knn_top5", knn[5]), ("probe_top1", probed[1]), ("probe_top5", probed[5]))},
                 })
                 if log:
                     log(f"{eval_set.key(name)} budget {budget_name(budget)} ({len(chosen)} labels): kNN top-1 "
@@ -142,7 +145,7 @@ def flat_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Rows as report keys: eval/<dataset>:<label set>/<budget>/<metric>."""
     return {
         f"eval/{row['dataset']}:{row['label_set']}/{row['budget']}/{metric}": row[metric]
-        for row in rows for metric in ("knn_top1", "knn_top5", "probe_top1", "probe_top5")
+        for row in rows for metric in ("knn_top1", "knn_top5", "probe_top1", "probe_top5") if row[metric] is not None
     }
 
 
@@ -153,7 +156,8 @@ def protocol(config: EvaluationConfig) -> dict[str, Any]:
         "knn": {"k": config.knn_k, "temperature": config.knn_temperature, "similarity": "cosine",
                 "vote": "sum of exp(sim / T) per class", "bank": "labelled train images (the budget)",
                 "queries": "test split"},
-        "probe": {"model": "linear layer with bias", **config.probe.model_dump(), "optimizer": "AdamW, cosine lr"},
+        "probe": {"model": "standardised features -> linear layer with bias", **config.probe.model_dump(),
+                  "optimizer": "AdamW, cosine lr"},
         "budgets": [budget_name(budget) for budget in config.budgets], "budget_seed": config.budget_seed,
         "bank_limit": config.bank_limit, "query_limit": config.query_limit,
     }

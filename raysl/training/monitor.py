@@ -81,10 +81,11 @@ def knn_top1(
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose label is among the k highest scores, per k (k capped at the class count)."""
+    """Fraction of rows whose label is among the k highest scores, per k; NaN for a k > 1 that is not below
+    the class count (top-5 of 4 classes is always right: no information)."""
     ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = ranked == labels[:, None]
-    return {k: hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
+    return {k: hits[:, :k].any(dim=1).float().mean().item() if k == 1 or k < scores.shape[1] else float("nan") for k in ks}
 
 
 def embedding_std(embeddings: torch.Tensor) -> float:
