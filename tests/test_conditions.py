@@ -203,3 +203,43 @@ def test_plan_and_full_evaluation_on_a_prepared_dataset(tiny_dataset):
     assert [(row["budget"], row["bank_size"]) for row in rows] == [("5-per-class", 50), ("all", 2000)]
     for row in rows:
         assert 0 <= row["knn_top1"] <= row["knn_top5"] <= 1 and 0 <= row["probe_top1"] <= row["probe_top5"] <= 1
+
+
+def test_weight_zero_gets_nothing_and_shares_sum_to_the_epoch():
+    from raysl.data.conditions import split_by_weight
+
+    assert split_by_weight(999, [0, 1, 1]) == [0, 500, 499]
+    assert split_by_weight(2, [0, 1, 1, 1]) == [0, 1, 1, 0]
+    assert sum(split_by_weight(60000, [1, 0.5, 3])) == 60000
+
+
+def test_relative_paths_are_fixed_where_they_were_written():
+    run = RunConfig.model_validate({
+        "data": {"path": "data/fmnist", "cache_dir": "~/c", "pool": [{"path": "data/mnist", "name": "m"}, {"path": "s3://b/x", "name": "s"}]},
+        "evaluation": {"label_sets": ["label", "fashion-mnist-4", "maps/coarse.yaml"]},
+    })
+    fixed = run.with_absolute_paths("/work")
+    assert fixed.data.path == "/work/data/fmnist" and fixed.data.pool[0].path == "/work/data/mnist"
+    assert fixed.data.pool[1].path == "s3://b/x" and fixed.data.cache_dir == str(Path("~/c").expanduser())
+    assert fixed.evaluation.label_sets == ["label", "fashion-mnist-4", "/work/maps/coarse.yaml"]
+
+
+def test_pool_datasets_are_checked_before_ray(tiny_dataset, tmp_path):
+    from raysl.cli import check_evaluation
+    from raysl.data.prepare import prepare
+
+    run = RunConfig.model_validate({"data": {"path": tiny_dataset, "pool": [{"path": tiny_dataset, "name": "again"}]}})
+    with pytest.raises(UserError, match=r"data.pool.0: .* is already in the pool \(or is the main dataset\)"):
+        check_evaluation(run, tiny_dataset, [tiny_dataset])
+    with pytest.raises(Exception, match="two datasets are called"):
+        RunConfig.model_validate({"data": {"kind": "mnist", "pool": [{"path": "x/mnist"}]}})
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    from PIL import Image
+
+    for index in range(3):
+        Image.fromarray(np.full((28, 28), index * 40, np.uint8)).save(folder / f"{index}.png")
+    prepare("image-folder", str(folder), str(tmp_path / "prepared"), unlabeled=True, progress=False, workers=1)
+    run = RunConfig.model_validate({"data": {"path": tiny_dataset, "pool": [{"path": str(tmp_path / "prepared"), "name": "u"}]}})
+    with pytest.raises(UserError, match=r"data.pool.0: .* has no labels"):
+        check_evaluation(run, tiny_dataset, [str(tmp_path / "prepared")])
