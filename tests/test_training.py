@@ -91,3 +91,22 @@ def test_in_process_training_learns_and_resumes(tiny_dataset, tmp_path):
     assert any("resumed" in line and "after epoch 2" in line for line in lines)
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+def test_the_loop_measures_its_wait_for_data():
+    import time
+
+    run = RunConfig.model_validate(SMALL)
+    batches = view_batches(run, 3)
+
+    def slow_pipeline():
+        for views in batches:
+            time.sleep(0.2)  # an input pipeline that cannot keep up
+            yield views
+
+    trainer = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=3)
+    starved = trainer.train_epoch(slow_pipeline())
+    assert 0.6 <= starved["data_wait_seconds"] < 0.6 + 0.1 and starved["data_wait_fraction"] > 0.3
+    fed = trainer.train_epoch(iter(batches))
+    assert fed["data_wait_seconds"] < 0.01 and fed["data_wait_fraction"] < 0.05
+    assert fed["data_wait_seconds"] <= fed["train_seconds"]

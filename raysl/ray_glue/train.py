@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -171,7 +172,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
+                saving = time.perf_counter()
                 trainer.save(directory)
+                metrics["checkpoint_seconds"] = time.perf_counter() - saving  # writing it; the upload is report's
                 if run.evaluation.final and trainer.epoch == run.epochs:
                     metrics.update(final_evaluation(trainer, eval_sets, directory, label))
                 saved = ray.train.Checkpoint.from_directory(directory)

@@ -80,13 +80,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, batches: Iterable[list[torch.Tensor]]) -> dict[str, float]:
-        """One epoch over uint8 view batches (each a list of (n, C, S, S) tensors); at most steps_per_epoch."""
+        """One epoch over uint8 view batches (each a list of (n, C, S, S) tensors); at most steps_per_epoch.
+        Also times how long the loop waited for the next batch (data_wait_seconds): the input pipeline's cost
+        to training, the rest of train_seconds being compute (loss.item() syncs an accelerator every step)."""
         self.model.train()
         started = time.perf_counter()
-        loss_sum, images, steps = 0.0, 0, 0
+        loss_sum, images, steps, waited = 0.0, 0, 0, 0.0
         term_sums: dict[str, torch.Tensor] = {}  # a method's loss terms (LoGo's l_gg, l_lg, ...), this rank's
-        for views in batches:
-            if steps >= self.steps_per_epoch:
+        iterator = iter(batches)
+        while steps < self.steps_per_epoch:
+            asked = time.perf_counter()
+            views = next(iterator, None)
+            waited += time.perf_counter() - asked
+            if views is None:
                 break
             inputs = [
                 normalize(view.to(self.device, non_blocking=True), self.mean, self.std, self.run.channels_last)
@@ -128,6 +134,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images * world_size / seconds,
             "train_seconds": seconds,
+            "data_wait_seconds": waited,
+            "data_wait_fraction": waited / seconds,
             **{name: total.item() / steps for name, total in term_sums.items()},
         }
 
