@@ -1,0 +1,94 @@
+"""Sweep overhead: a Ray Tune sweep of N short trials against the same trials' loops run without Ray (two
+plain processes at a time, as the sweep runs two trials at a time), wall time side by side, and where the
+sweep's extra time goes per trial (Tune's time_total_s minus the loop's own training + kNN + checkpoint time).
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--images 12000] [--epochs 1]
+Trials: the quickstart's run config on the first --images Fashion-MNIST images, a grid over temperature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPERATURES = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 0.15, 0.25]
+
+
+def sweep_file(args, storage: str) -> Path:
+    """The quickstart sweep with short trials and a temperature grid, written into `storage`."""
+    data = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    data["base"].update({"epochs": args.epochs, "schedule": {"warmup_epochs": 0},
+                         "evaluation": {"bank_limit": 10000, "query_limit": 2000}})
+    data["base"]["data"]["train_limit"] = args.images
+    data.update({"search": {"method.temperature": {"grid": TEMPERATURES[: args.trials]}}, "scheduler": {"name": "fifo"},
+                 "time_budget_minutes": None, "storage_path": storage, "name": "overhead"})
+    path = Path(storage, "sweep.yaml")
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def plain_trial(job: tuple[dict, str, str]) -> None:
+    import torch
+
+    from raysl.config import RunConfig
+    from raysl.training.local import train_in_process
+
+    torch.set_num_threads(1)
+    run, data_uri, storage = job
+    train_in_process(RunConfig.model_validate(run), data_uri, log=lambda line: None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--images", type=int, default=12000)
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args()
+
+    from raysl.cli import main as raysl_main
+    from raysl.cli import resolve_data
+    from raysl.config import apply_assignment, load_sweep_config
+
+    with tempfile.TemporaryDirectory() as storage:
+        path = sweep_file(args, storage)
+        sweep = load_sweep_config(path)
+        data_uri = resolve_data(sweep.base)
+        started = time.perf_counter()
+        assert raysl_main(["sweep", str(path)]) == 0
+        ray_wall = time.perf_counter() - started
+        per_trial = []
+        for result in Path(storage, "overhead").glob("trial_*/result.json"):
+            last = json.loads(result.read_text().splitlines()[-1])
+            rows = [json.loads(line) for line in result.read_text().splitlines()]
+            loop = sum(row["train_seconds"] + row["eval_seconds"] + row.get("checkpoint_seconds", 0) for row in rows)
+            per_trial.append((last["time_total_s"], loop))
+
+        jobs = []
+        for index, temperature in enumerate(TEMPERATURES[: args.trials]):
+            run = apply_assignment(sweep.base, {"method.temperature": temperature})
+            run = run.model_copy(update={"storage_path": f"{storage}/plain", "name": f"t{index}"})
+            jobs.append((run.model_dump(mode="json"), data_uri, storage))
+        started = time.perf_counter()
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(plain_trial, jobs)
+        plain_wall = time.perf_counter() - started
+
+    print(f"{args.trials} trials of {args.epochs} epoch(s) on {args.images} images, 2 at a time, 2 cores")
+    print(f"{'':28s} {'wall':>8s}")
+    print(f"{'Ray Tune sweep (raysl sweep)':28s} {ray_wall:7.1f}s")
+    print(f"{'plain processes, no Ray':28s} {plain_wall:7.1f}s")
+    print(f"Ray adds {ray_wall / plain_wall - 1:+.0%} of wall time")
+    total = sum(t for t, _ in per_trial)
+    loop = sum(lo for _, lo in per_trial)
+    print(f"per trial: Tune time {total / len(per_trial):.1f}s, of which the loop (train + kNN + checkpoint) "
+          f"{loop / len(per_trial):.1f}s; start-up, reporting and upload {(total - loop) / len(per_trial):.1f}s")
+
+
+if __name__ == "__main__":
+    main()
