@@ -181,13 +181,11 @@ def command_train(args: argparse.Namespace) -> None:
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
     check_data_conditions(run, data_uri, pool_uris, f"{args.config}: ")
     if run.data.corruption.active:
-        from raysl.data.pretraining import corruption_samples_png
+        from raysl.data.pretraining import save_corruption_samples
         from raysl.ray_glue.tune import absolute_path
-        from raysl.storage import write_bytes
 
-        target = f"{absolute_path(run.storage_path).rstrip('/')}/{run.name}/corruption_samples.png"
-        write_bytes(target, corruption_samples_png(data_uri, [run.data.corruption]))
-        _log(f"corruption samples: {target}")
+        run_dir = f"{absolute_path(run.storage_path).rstrip('/')}/{run.name}"
+        save_corruption_samples(data_uri, [run.data.corruption], f"{run_dir}/corruption_samples.png", _log)
     if args.local:
         from raysl.training.local import train_in_process
         from raysl.training.loop import CheckpointError, NonFiniteLossError
@@ -314,10 +312,10 @@ def command_eval(args: argparse.Namespace) -> None:
     from raysl.data.prepare import read_manifest
     from raysl.methods import build_method
     from raysl.storage import write_text
-    from raysl.training.loop import autocast_dtype
     from raysl.training.evaluation import (
         FeatureOptions, eval_document, find_checkpoint, full_evaluation, load_checkpoint, load_eval_sets,
     )
+    from raysl.training.loop import autocast_dtype
 
     directory = find_checkpoint(args.checkpoint)
     state = load_checkpoint(directory)

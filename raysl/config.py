@@ -82,6 +82,14 @@ class CorruptionConfig(Schema):
         return bool(self.resize or self.downsample > 1 or self.jpeg_quality or self.gaussian_noise or self.salt_pepper)
 
 
+def _check_source(path: str | None, kind: str | None, source: str | None, prefix: str) -> None:
+    """A dataset is a prepared `path`, or a `kind` to prepare (an image folder also needs its `source`)."""
+    if path is None and kind is None:
+        raise ValueError(f"give {prefix}path (a prepared dataset) or {prefix}kind (a dataset to prepare)")
+    if path is None and kind == "image-folder" and source is None:
+        raise ValueError(f"{prefix}kind image-folder needs {prefix}source (the folder)")
+
+
 class PoolDataset(Schema):
     """Domain: another prepared dataset whose train images join the pretraining set."""
 
@@ -96,10 +104,7 @@ class PoolDataset(Schema):
 
     @model_validator(mode="after")
     def _has_a_source(self) -> PoolDataset:
-        if self.path is None and self.kind is None:
-            raise ValueError("give path (a prepared dataset) or kind (a dataset to prepare)")
-        if self.path is None and self.kind == "image-folder" and self.source is None:
-            raise ValueError("kind image-folder needs source (the folder)")
+        _check_source(self.path, self.kind, self.source, prefix="")
         return self
 
     @property
@@ -125,17 +130,14 @@ class DataConfig(Schema):
     still evaluate on this dataset: the out-of-domain case)."""
     pool: list[PoolDataset] = Field(default_factory=list)
     """Domain pooling: more prepared datasets pretrained on with this one, mixed by weight. An epoch keeps
-    this dataset's (subset) size: each entry gets round(size x weight / total weight) images, a seeded nested
-    subset of its train split (repeated if it has fewer). Every image is brought to this dataset's shape:
+    this dataset's (subset) size, split by weight (largest remainder; weight 0 gets none): each share a seeded
+    nested subset of a train split (repeated if it has fewer). Every image is brought to this dataset's shape:
     resized (bilinear, antialiased) to its height and width, gray -> RGB by repeating the channel, RGB -> gray
     by luma (ITU-R 601), normalised with this dataset's mean and std. kNN is reported on each (knn_top1/NAME)."""
 
     @model_validator(mode="after")
     def _has_a_source(self) -> DataConfig:
-        if self.path is None and self.kind is None:
-            raise ValueError("give data.path (a prepared dataset) or data.kind (a dataset to prepare)")
-        if self.path is None and self.kind == "image-folder" and self.source is None:
-            raise ValueError("data.kind image-folder needs data.source (the folder)")
+        _check_source(self.path, self.kind, self.source, prefix="data.")
         if self.weight + sum(entry.weight for entry in self.pool) <= 0:
             raise ValueError("data.weight and data.pool weights are all 0: nothing to pretrain on")
         names = [self.label, *(entry.label for entry in self.pool)]

@@ -9,13 +9,15 @@ dataset's shape, corrupted (fixed per image) and returned as uint8 (N, H, W, C),
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from raysl.config import CorruptionConfig, RunConfig
 from raysl.data.conditions import pretraining_counts, to_shape
-from raysl.data.corruptions import corrupt, describe, sample_grid_png
+from raysl.data.corruptions import corrupt, describe, resized_shape, sample_grid_png
 from raysl.data.prepare import load_labels, load_split, read_manifest, split_files
+from raysl.storage import write_bytes
 
 # Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two
 # datasets' image 0 do not share their noise.
@@ -49,15 +51,21 @@ class PretrainingPlan:
         epoch_size full, a small pool dataset) or several datasets whose shards would fill batches alone."""
         return len(self.sources) > 1 or any(source.counts is not None and source.counts.max() > 1 for source in self.sources)
 
+    @cached_property
+    def _source_by_file(self) -> dict[str, int]:
+        return {_bare(file): number for number, source in enumerate(self.sources) for file in source.files}
+
     def source_of(self, paths: np.ndarray) -> np.ndarray:
         """The dataset number of each row, from the shard path Ray Data read it from."""
-        if not hasattr(self, "_lookup"):
-            self._lookup = {_bare(file): number for number, source in enumerate(self.sources) for file in source.files}
         try:
-            return np.array([self._lookup[_bare(str(path))] for path in paths], np.int64)
+            return np.array([self._source_by_file[_bare(str(path))] for path in paths], np.int64)
         except KeyError as error:
             raise RuntimeError(f"read a shard that belongs to no dataset of the pool: {error.args[0]} "
-                               f"(known: {sorted(self._lookup)[:3]}...)") from None
+                               f"(known: {sorted(self._source_by_file)[:3]}...)") from None
+
+    def condition(self, number: int, pixels: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Dataset `number`'s decoded rows (repeats included) in the main dataset's shape, corrupted per image."""
+        return corrupt(to_shape(pixels, self.shape), indices + number * DATASET_INDEX_STRIDE, self.corruption)
 
     def apply(self, images: list[bytes] | np.ndarray, indices: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
         """Rows (raw pixel bytes, their row index, their dataset number) -> this epoch's pretraining images."""
@@ -72,24 +80,16 @@ class PretrainingPlan:
             keep = np.repeat(np.arange(rows.size), repeats)
             if keep.size == 0:
                 continue
-            pixels = decode_images([images[row] for row in rows[keep]], source.shape)
-            pixels = to_shape(pixels, self.shape)
-            parts.append(corrupt(pixels, index[keep] + number * DATASET_INDEX_STRIDE, self.corruption))
+            parts.append(self.condition(number, decode_images([images[row] for row in rows[keep]], source.shape), index[keep]))
         if not parts:
             size = self.corruption.resize
-            return np.empty((0, *(self.shape[:2] if not size else _resized(self.shape[:2], size)), self.shape[2]), np.uint8)
+            return np.empty((0, *(resized_shape(*self.shape[:2], size) if size else self.shape[:2]), self.shape[2]), np.uint8)
         return np.concatenate(parts)
 
 
 def _bare(path: str) -> str:
     """A shard path without its URI scheme, as Ray Data's include_paths reports it."""
     return path.split("://", 1)[-1]
-
-
-def _resized(size: tuple[int, int], longer: int) -> tuple[int, int]:
-    height, width = size
-    scale = longer / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def decode_images(column: list[bytes] | np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -132,13 +132,17 @@ def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
             rows = np.repeat(rows, source.counts)
         elif number == 0 and len(plan.sources) == 1:
             rows = rows[: plan.epoch_images]
-        pixels = to_shape(images[rows], plan.shape)
-        parts.append(corrupt(pixels, rows + number * DATASET_INDEX_STRIDE, plan.corruption))
+        parts.append(plan.condition(number, images[rows], rows))
     return np.concatenate(parts)
 
 
-def corruption_samples_png(data_uri: str, settings: list[CorruptionConfig], count: int = 8) -> bytes:
-    """A PNG grid: the first `count` train images clean, then under each corruption setting (one row each)."""
+def save_corruption_samples(data_uri: str, settings: list[CorruptionConfig], target: str, log=print, count: int = 8) -> None:
+    """A PNG grid at `target` (local or URI): the first `count` train images clean, then under each distinct
+    active corruption setting (one row each). Nothing when no setting corrupts."""
+    distinct = {setting.model_dump_json(): setting for setting in settings if setting.active}
+    if not distinct:
+        return
     images, _ = load_split(data_uri, "train", limit=count)
-    rows = [("clean", CorruptionConfig())] + [(describe(setting), setting) for setting in settings if setting.active]
-    return sample_grid_png(images, rows)
+    rows = [("clean", CorruptionConfig())] + [(describe(setting), setting) for setting in distinct.values()]
+    write_bytes(target, sample_grid_png(images, rows))
+    log(f"corruption samples: {target}")

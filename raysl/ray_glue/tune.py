@@ -16,14 +16,14 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
+from raysl.data.pretraining import save_corruption_samples
 from raysl.errors import UserError
-from raysl.report import build_report
-from raysl.report import error_status as status_from_error_text
 from raysl.ray_glue.train import (
     NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.data.pretraining import corruption_samples_png
-from raysl.storage import exists, list_dirs, read_text, write_bytes, write_text
+from raysl.report import build_report
+from raysl.report import error_status as status_from_error_text
+from raysl.storage import exists, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
 
 METRIC = "knn_top1"
@@ -222,10 +222,7 @@ def write_corruption_samples(sweep: SweepConfig, data_uri: str, path: str, log=p
     for key, distribution in sweep.search.items():
         if key.startswith("data.corruption"):
             settings += [apply_assignment(sweep.base, {key: value}).data.corruption for value in distribution.values_to_check()]
-    if any(setting.active for setting in settings):
-        target = f"{path}/plots/corruption_samples.png"
-        write_bytes(target, corruption_samples_png(data_uri, list({s.model_dump_json(): s for s in settings}.values())))
-        log(f"corruption samples: {target}")
+    save_corruption_samples(data_uri, settings, f"{path}/plots/corruption_samples.png", log)
 
 
 def _error_summary(error: BaseException) -> str:
