@@ -4,12 +4,13 @@ consumer that does nothing. Side by side, same cores, same prepared Fashion-MNIS
     .venv/bin/python benchmarks/pipeline.py [--workers 1 2] [--epochs 2]
 The DataLoader holds the train split in memory (decoded once, not timed) and makes the views of each batch
 of 1024 in a worker (raysl's batched view maker, as in the Ray actors); the Ray side reads the Parquet shards
-every epoch. Both deliver batches of 128 (2 views each) and are timed over whole epochs after a warm-up one.
+every epoch, in one Ray Data execution over all epochs as a Train worker consumes it. Both deliver batches of 128 (2 views each) and are timed over whole epochs after a warm-up one.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -54,17 +55,21 @@ def dataloader_images_per_s(images: torch.Tensor, views, workers: int, epochs: i
 
 
 def ray_images_per_s(run, data_uri: str, epochs: int) -> float:
+    """As a Train worker consumes it: one execution over every epoch (the warm-up one too), an epoch's
+    batches at a time from one iterator (raysl.ray_glue.train.epochs_per_execution)."""
     from raysl.data.pretraining import plan_pretraining
     from raysl.ray_glue.train import build_view_dataset, configure_data_context
 
     configure_data_context(run)
-    dataset = build_view_dataset(run, plan_pretraining(run, data_uri))
+    plan = plan_pretraining(run, data_uri)
+    dataset = build_view_dataset(run, plan, epochs=epochs + 1)
+    batches = iter(dataset.iter_torch_batches(batch_size=BATCH, drop_last=True, prefetch_batches=2,
+                                              local_shuffle_buffer_size=4 * BATCH))
     delivered, started = 0, None
     for epoch in range(epochs + 1):
         if epoch == 1:
             started, delivered = time.perf_counter(), 0
-        for batch in dataset.iter_torch_batches(batch_size=BATCH, drop_last=True, prefetch_batches=2,
-                                                local_shuffle_buffer_size=4 * BATCH):
+        for batch in itertools.islice(batches, plan.epoch_images // BATCH):
             delivered += len(batch["view_0"])
     return delivered / (time.perf_counter() - started)
 

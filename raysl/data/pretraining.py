@@ -113,8 +113,8 @@ def plan_pretraining(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple
         counts = [None]
         total = manifest["splits"]["train"]["count"]
         epoch_images = min(total, run.data.train_limit) if run.data.train_limit else total
-        if run.data.train_limit and run.data.train_limit < total:
-            counts = [(np.arange(total) < run.data.train_limit).astype(np.int32)] if run.data.corruption.active else [None]
+        if run.data.train_limit and run.data.train_limit < total:  # the first train_limit rows, each once
+            counts = [(np.arange(total) < run.data.train_limit).astype(np.int32)]
     sources = [
         PoolSource(name, uri, tuple(m["image_shape"]), split_files(uri, "train"), count)
         for name, uri, m, count in zip(names, uris, manifests, counts)

@@ -6,7 +6,6 @@ Everything Ray-specific about one pretraining run lives here; the loop itself is
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from typing import Any
@@ -18,51 +17,18 @@ import ray.train
 import ray.train.torch
 import torch
 
-from raysl.config import RunConfig, ViewsConfig
+from raysl.config import RunConfig
+from raysl.data.augment import AUGMENT_BATCH, AugmentViews
 from raysl.data.prepare import read_manifest
-from raysl.data.pretraining import PretrainingPlan, decode_images, plan_pretraining
-from raysl.data.views import make_views
+from raysl.data.pretraining import PretrainingPlan, plan_pretraining
 from raysl.storage import read_text, write_text
 from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
 from raysl.training.loop import CheckpointError, NonFiniteLossError, Trainer
 
-AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larger blocks to move
 # Written next to a run's checkpoints when its loss went non-finite: a restarted run (Train's or Tune's
 # retry) stops at once with the same message instead of training into the same NaN again.
 NONFINITE_MARKER = "nonfinite.txt"
 EVAL_FILE = "eval.json"  # the full evaluation's results, inside the checkpoint directory they score
-
-
-class AugmentViews:
-    """Ray Data map_batches callable: rows in, one uint8 (N, C, S, S) column per view out.
-
-    Rows first go through the run's pretraining plan when it has data conditions (subset, pool, corruption:
-    raysl/data/pretraining.py); then the views are made. Runs in a long-lived actor (one per trial by
-    default): on 2 cores, plain tasks were measured to spend more CPU starting worker processes (importing
-    torch) than augmenting, and left the Train workers about a third of a core each. A fresh, unseeded
-    generator per batch: new views every epoch.
-    """
-
-    def __init__(self, views: dict[str, Any], plan: PretrainingPlan):
-        torch.set_num_threads(1)
-        self.views = ViewsConfig.model_validate(views)
-        self.plan = plan
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        plan = self.plan
-        if plan.selective:
-            sources = plan.source_of(batch["path"]) if "path" in batch else None
-            pixels = plan.apply(batch["image"], batch["index"], sources)
-        else:
-            pixels = decode_images(batch["image"], plan.shape)
-        if len(pixels) == 0:  # a block the plan keeps nothing of (a small subset): no views, right shapes
-            channels = pixels.shape[-1]
-            return {f"view_{index}": np.empty((0, channels, spec.size, spec.size), np.uint8)
-                    for index, spec in enumerate(spec for spec in self.views.crops for _ in range(spec.count))}
-        images = torch.from_numpy(pixels.copy())
-        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-        made = make_views(images, self.views, generator)
-        return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
 
 
 def configure_data_context(run: RunConfig | None = None) -> None:
@@ -82,18 +48,32 @@ def configure_data_context(run: RunConfig | None = None) -> None:
     context.execution_options.label_selector = dict(run.resources.augment_on) if run and run.resources.augment_on else None
 
 
-def build_view_dataset(run: RunConfig, plan: PretrainingPlan) -> ray.data.Dataset:
-    """Parquet shards (of every pooled dataset) -> (optional limit) -> the plan's rows -> random views per
-    batch, re-run (fresh views) every epoch."""
+def epochs_per_execution(run: RunConfig, plan: PretrainingPlan) -> int:
+    """How many epochs one execution of the view dataset streams: all of them, unless the plan mixes.
+
+    Ray Data starts a fresh actor pool (a process importing torch) and re-plans for every execution, and
+    Train runs one execution per `iter_torch_batches` call: measured on 2 cores, that start-up was most of
+    an epoch's cost for 60k small images (benchmarks/pipeline.py). One execution over every epoch pays it
+    once, and the next epoch's views are made while rank 0 runs the kNN monitor. A plan that mixes (repeated
+    rows, pooled datasets) needs a global shuffle per epoch, a barrier, so it keeps one execution per epoch.
+    """
+    return 1 if plan.mixes else run.epochs
+
+
+def build_view_dataset(run: RunConfig, plan: PretrainingPlan, epochs: int = 1) -> ray.data.Dataset:
+    """Parquet shards (of every pooled dataset) -> the plan's rows -> random views per batch of rows.
+
+    `epochs` passes over the shards in one execution, each pass in its own random shard order (rows were
+    shuffled within splits when prepared); a consumer takes an epoch's batches at a time from one iterator.
+    Each execution re-runs it all with fresh views."""
     placement = {"label_selector": dict(run.resources.augment_on)} if run.resources.augment_on else {}
     files = [file for source in plan.sources for file in source.files]
+    rng = np.random.default_rng()
+    passes = [files[index] for _ in range(epochs) for index in rng.permutation(len(files))]
     dataset = ray.data.read_parquet(
-        files, columns=["image", "index"] if plan.selective else ["image"], include_paths=len(plan.sources) > 1,
+        passes, columns=["image", "index"] if plan.selective else ["image"], include_paths=len(plan.sources) > 1,
         num_cpus=run.resources.data_cpus, **placement,
     )
-    if run.data.train_limit and not plan.selective:
-        dataset = dataset.limit(run.data.train_limit)
-    dataset = dataset.randomize_block_order(seed=None)
     dataset = dataset.map_batches(
         AugmentViews,
         fn_constructor_kwargs={"views": run.views.model_dump(mode="json"), "plan": plan},
@@ -155,9 +135,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     started_at = trainer.epoch
     eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
+    batches = None
     while trainer.epoch < run.epochs:
+        if batches is None or loop_config.get("epochs_per_execution", 1) == 1:
+            batches = _view_batches(shard, run.batch_size // world_size)  # the next execution of the dataset
         try:
-            metrics = trainer.train_epoch(_view_batches(shard, run.batch_size // world_size))
+            metrics = trainer.train_epoch(batches)  # takes steps_per_epoch batches, leaves the rest for the next
         except NonFiniteLossError as error:
             write_text(marker, str(error))
             raise
@@ -258,7 +241,8 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={
             "run": run.model_dump(mode="json"), "data_uri": data_uri, "pool_uris": list(pool_uris),
-            "epoch_images": plan.epoch_images, "git_commit": git_commit, "label": label,
+            "epoch_images": plan.epoch_images, "epochs_per_execution": epochs_per_execution(run, plan),
+            "git_commit": git_commit, "label": label,
             "run_dir": run_directory(storage_path, name),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -272,5 +256,5 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
-        datasets={"train": build_view_dataset(run, plan)},
+        datasets={"train": build_view_dataset(run, plan, epochs_per_execution(run, plan))},
     )
