@@ -339,7 +339,7 @@ def command_eval(args: argparse.Namespace) -> None:
     method.to(device)
     options = FeatureOptions(
         torch.tensor(manifest["mean"], device=device), torch.tensor(manifest["std"], device=device),
-        run.evaluation.batch_size, device, autocast_dtype(run, device),
+        run.evaluation.feature_batch(device.type), device, autocast_dtype(run, device),
     )
     _log(f"evaluating {directory} (epoch {state.get('epoch')}, {run.method.name}) on {device}")
     rows = full_evaluation(method.backbone, load_eval_sets(run, data_uri, pool_uris), run.evaluation, options, log=_log)

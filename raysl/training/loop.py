@@ -142,7 +142,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def feature_options(self) -> FeatureOptions:
         return FeatureOptions(
-            self.mean, self.std, self.run.evaluation.batch_size, self.device, self.autocast_dtype, self.run.channels_last
+            self.mean, self.std, self.run.evaluation.feature_batch(self.device.type), self.device, self.autocast_dtype, self.run.channels_last
         )
 
     def evaluate(self, sets: list[EvalSet]) -> dict[str, float]:
@@ -152,7 +152,7 @@ class Trainer:
         metrics, queries = monitor_metrics(self.method.backbone, sets, self.run.evaluation, self.feature_options())
         with torch.no_grad():
             self.method.projector.eval()
-            projected = self.method.projector(queries[: self.run.evaluation.batch_size].to(self.device))
+            projected = self.method.projector(queries[: self.run.evaluation.feature_batch(self.device.type)].to(self.device))
             self.method.projector.train()
         return {
             **metrics,
