@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: quickstart test test-fast test-cluster data clean
+.PHONY: quickstart test test-fast test-cluster bench data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ test: $(VENV)/.installed
 # The longest multi-node fault tests: driver SIGKILL + --resume, a node removed mid-sweep, a 12-trial ASHA sweep.
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -m cluster
+
+# The speed benchmarks (README, Performance), one after another; each prints its table. Not tests.
+# About 40 minutes on 2 cores; run nothing else meanwhile: the figures are side-by-side ratios.
+bench: $(VENV)/.installed data
+	$(PY) benchmarks/views.py --images 1024
+	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/trainer.py
+	$(PY) benchmarks/sweep_overhead.py
+	$(PY) benchmarks/scaling.py
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"

@@ -309,6 +309,11 @@ class ViewsConfig(Schema):
     color_jitter: ColorJitterConfig = Field(default_factory=ColorJitterConfig)
     grayscale: Fraction = 0.2
     blur: BlurConfig = Field(default_factory=BlurConfig)
+    where: Literal["data", "trainer"] = "data"
+    """Who makes the views. data: Ray Data's augmentation actors, on CPU nodes (the default). trainer: Ray
+    Data delivers the decoded uint8 images (data conditions applied) and each Train worker makes the views on
+    its own device, a GPU when it has one, with the same code and crop spec: for when CPU augmentation cannot
+    keep a GPU fed (see the README's performance table)."""
 
     @property
     def num_views(self) -> int:
@@ -411,6 +416,9 @@ class RunConfig(Schema):
     """auto: bf16 autocast on GPU, fp32 on CPU."""
     channels_last: bool = True
     """NHWC memory format for convolutions: about 1.5x faster training of the small CNN on CPU."""
+    compile: bool = False
+    """torch.compile the backbone that takes gradients (in place: checkpoints keep the same keys). The
+    first steps pay the compilation; see the README's performance table before turning it on."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2

@@ -31,3 +31,20 @@ def test_bf16_steps_and_knn_on_cuda():
     labels = torch.arange(128) % 10
     result = trainer.evaluate([EvalSet("random", images, images[:32], {"label": (labels, labels[:32], 10)})])
     assert 0.0 <= result["knn_top1"] <= 1.0
+
+
+def test_views_on_the_gpu_match_the_cpu_views():
+    # views.where: trainer makes the views on the Train worker's device with the same code: the same
+    # generator state must give the same views (up to float rounding) and so the same distribution.
+    from raysl.config import ViewsConfig
+
+    views = ViewsConfig.model_validate({"crops": [{"count": 2, "size": 32}], "blur": {"prob": 0.5}})
+    images = torch.randint(0, 256, (512, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    on_cpu = make_views(images, views, torch.Generator().manual_seed(7))
+    on_gpu = make_views(images.cuda(), views, torch.Generator().manual_seed(7))
+    for cpu_view, gpu_view in zip(on_cpu, on_gpu):
+        assert gpu_view.device.type == "cuda" and gpu_view.dtype == torch.uint8
+        difference = (cpu_view.int() - gpu_view.cpu().int()).abs()
+        assert difference.float().mean() < 0.5 and (difference > 2).float().mean() < 0.01
+        assert abs(cpu_view.float().mean() - gpu_view.float().mean()) < 0.5
+        assert abs(cpu_view.float().std() - gpu_view.float().std()) < 0.5

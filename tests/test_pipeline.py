@@ -63,3 +63,23 @@ def test_a_plan_that_mixes_keeps_one_execution_per_epoch(local_ray, tiny_dataset
     assert len(rows) == epoch_images == 2000
     counts = np.array(sorted(Counter(rows).values()))
     assert len(counts) == 300 and counts.min() >= 6 and counts.max() <= 7  # 2000 / 300, largest remainder
+
+
+def test_views_made_by_the_trainer_come_from_decoded_images(local_ray, tiny_dataset):
+    # views.where: trainer: Ray Data delivers the images (each once per epoch) and the Train worker's batch
+    # generator makes the views itself; identity views must give back the images.
+    import torch
+
+    from raysl.ray_glue.train import _view_batches
+
+    run = _run(tiny_dataset, train_limit=600).model_copy(deep=True)
+    run = RunConfig.model_validate({**run.model_dump(mode="json"), "views": {**IDENTITY_VIEWS, "where": "trainer"}, "epochs": 1})
+    configure_data_context(run)
+    plan = plan_pretraining(run, tiny_dataset)
+    dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
+    batches = list(_view_batches(dataset, 100, run.views, torch.device("cpu")))
+    assert len(batches) == 6 and all(len(views) == 2 for views in batches)
+    assert all(view.dtype == torch.uint8 and view.shape == (100, 1, 28, 28) for views in batches for view in views)
+    delivered = Counter(image.tobytes() for views in batches for image in views[0].permute(0, 2, 3, 1).numpy())
+    images, _ = load_split(tiny_dataset, "train", limit=600)
+    assert delivered == Counter(image.tobytes() for image in images)

@@ -110,3 +110,18 @@ def test_the_loop_measures_its_wait_for_data():
     fed = trainer.train_epoch(iter(batches))
     assert fed["data_wait_seconds"] < 0.01 and fed["data_wait_fraction"] < 0.05
     assert fed["data_wait_seconds"] <= fed["train_seconds"]
+
+
+@pytest.mark.slow
+def test_a_compiled_backbone_trains_the_same_and_saves_the_same_keys(tmp_path):
+    # compile: true must not change the maths (same seed, same batches: the same loss to float tolerance)
+    # nor the checkpoint (an uncompiled run must load it).
+    losses, states = [], []
+    for compiled in (False, True):
+        run = RunConfig.model_validate({**SMALL, "compile": compiled})
+        trainer = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=2)
+        losses.append(trainer.train_epoch(view_batches(run, 2))["loss"])
+        states.append(trainer.method.state_dict())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    assert list(states[0]) == list(states[1])
+    Trainer(RunConfig.model_validate(SMALL), 1, [0.5], [0.25], steps_per_epoch=2).method.load_state_dict(states[1])

@@ -22,7 +22,8 @@ AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larg
 
 
 class AugmentViews:
-    """Ray Data map_batches callable: rows in, one uint8 (N, C, S, S) column per view out.
+    """Ray Data map_batches callable: rows in, one uint8 (N, C, S, S) column per view out (or, with
+    views.where: trainer, the conditioned uint8 images (N, H, W, C) as column `image`).
 
     Rows first go through the run's pretraining plan when it has data conditions (subset, pool, corruption:
     raysl/data/pretraining.py); then the views are made. Runs in a long-lived actor (one per trial by
@@ -43,6 +44,8 @@ class AugmentViews:
             pixels = plan.apply(batch["image"], batch["index"], sources)
         else:
             pixels = decode_images(batch["image"], plan.shape)
+        if self.views.where == "trainer":  # the Train worker makes the views on its device
+            return {"image": np.ascontiguousarray(pixels)}
         if len(pixels) == 0:  # a block the plan keeps nothing of (a small subset): no views, right shapes
             channels = pixels.shape[-1]
             return {f"view_{index}": np.empty((0, channels, spec.size, spec.size), np.uint8)

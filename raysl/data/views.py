@@ -3,7 +3,8 @@
 `make_views(images, views, generator)` takes uint8 images (N, H, W, C) and returns one uint8 tensor
 (N, C, size, size) per view: for each crop spec, `count` views, each a random resized crop and flip done
 by one `grid_sample`, then colour jitter, grayscale and blur drawn per image. The same generator state
-gives the same views. Ops that need colour (saturation, hue, grayscale) apply to 3-channel images only.
+gives the same views, on the CPU or on an accelerator (the random numbers come from a CPU generator
+either way; Ray Data actors use the CPU, `views.where: trainer` the Train worker's device). Ops that need colour (saturation, hue, grayscale) apply to 3-channel images only.
 
 Differences from torchvision's per-image transforms, chosen for batching:
 - a crop whose drawn area and ratio do not fit is shrunk to fit (torchvision retries, then centre-crops);
@@ -23,12 +24,14 @@ from raysl.config import CropSpec, ViewsConfig
 LUMA = (0.299, 0.587, 0.114)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=generator) * (high - low) + low
+# Every random number is drawn on the CPU generator, in the same order whatever device the images are on,
+# then moved there: the same generator state gives the same views on CPU and on an accelerator.
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * (high - low) + low).to(device)
 
 
-def _bernoulli(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=generator) < prob
+def _bernoulli(n: int, prob: float, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) < prob).to(device)
 
 
 def crop_and_flip(
@@ -51,7 +54,7 @@ def crop_and_flip(
     theta[:, 0, 2] = centre_x
     theta[:, 1, 1] = crop_h
     theta[:, 1, 2] = centre_y
-    grid = F.affine_grid(theta, [n, images.shape[1], spec.size, spec.size], align_corners=False)
+    grid = F.affine_grid(theta.to(images.device), [n, images.shape[1], spec.size, spec.size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -68,7 +71,7 @@ def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     to_rgb = torch.linalg.inv(to_yiq)
     angle = shift * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.zeros(images.shape[0], 3, 3, dtype=images.dtype)
+    rotation = torch.zeros(images.shape[0], 3, 3, dtype=images.dtype, device=images.device)
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
     rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
@@ -80,18 +83,19 @@ def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Gene
     """Brightness, contrast (and for colour images saturation, hue) with views.color_jitter.prob per image."""
     jitter = views.color_jitter
     n, channels = images.shape[:2]
-    apply = _bernoulli(n, jitter.prob, generator).view(n, 1, 1, 1)
+    device = images.device
+    apply = _bernoulli(n, jitter.prob, generator, device).view(n, 1, 1, 1)
     out = images
-    brightness = _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator).view(n, 1, 1, 1)
+    brightness = _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device).view(n, 1, 1, 1)
     out = (out * brightness).clamp(0, 1)
-    contrast = _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator).view(n, 1, 1, 1)
+    contrast = _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device).view(n, 1, 1, 1)
     mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
     out = ((out - mean) * contrast + mean).clamp(0, 1)
     if channels == 3:
-        saturation = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator).view(n, 1, 1, 1)
+        saturation = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator, device).view(n, 1, 1, 1)
         gray = _gray(out)
         out = ((out - gray) * saturation + gray).clamp(0, 1)
-        hue = _uniform(n, -jitter.hue, jitter.hue, generator)
+        hue = _uniform(n, -jitter.hue, jitter.hue, generator, device)
         out = _rotate_hue(out, hue).clamp(0, 1)
     return torch.where(apply, out, images)
 
@@ -103,8 +107,9 @@ def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float],
     sigmas = _uniform(n, *sigma, generator)
     if not apply.any():
         return images
+    apply, sigmas = apply.to(images.device), sigmas.to(images.device)
     radius = max(1, min(math.ceil(3 * sigma[1]), (min(height, width) - 1) // 2))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernels = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigmas.view(-1, 1) ** 2))
     kernels = kernels / kernels.sum(dim=1, keepdim=True)
     identity = (offsets == 0).to(images.dtype).expand(n, -1)
@@ -123,7 +128,7 @@ def augment(images: torch.Tensor, spec: CropSpec, views: ViewsConfig, generator:
     out = crop_and_flip(images, spec, views.flip, generator)
     out = color_jitter(out, views, generator)
     if out.shape[1] == 3 and views.grayscale > 0:
-        gray = _bernoulli(out.shape[0], views.grayscale, generator).view(-1, 1, 1, 1)
+        gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device).view(-1, 1, 1, 1)
         out = torch.where(gray, _gray(out).expand_as(out), out)
     if views.blur.prob > 0:
         out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)

@@ -6,6 +6,7 @@ Everything Ray-specific about one pretraining run lives here; the loop itself is
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from typing import Any
@@ -17,10 +18,11 @@ import ray.train
 import ray.train.torch
 import torch
 
-from raysl.config import RunConfig
+from raysl.config import RunConfig, ViewsConfig
 from raysl.data.augment import AUGMENT_BATCH, AugmentViews
 from raysl.data.prepare import read_manifest
 from raysl.data.pretraining import PretrainingPlan, plan_pretraining
+from raysl.data.views import make_views
 from raysl.storage import read_text, write_text
 from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
 from raysl.training.loop import CheckpointError, NonFiniteLossError, Trainer
@@ -92,11 +94,21 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan, epochs: int = 1) -
     return dataset
 
 
-def _view_batches(shard, batch_size: int):
-    # Blocks arrive in random order; the local shuffle buffer also mixes rows across batches each epoch.
+def _view_batches(shard, batch_size: int, views: ViewsConfig, device: torch.device):
+    """This worker's batches of views (a list of uint8 (n, C, S, S) tensors on `device`).
+
+    Blocks arrive in random shard order; the local shuffle buffer also mixes rows across batches. Pinned
+    host memory when the device is a GPU. With views.where: trainer the batches hold images, and the views
+    are made here, on the device, by the same view maker the augmentation actors run."""
     batches = shard.iter_torch_batches(
-        batch_size=batch_size, drop_last=True, prefetch_batches=2, local_shuffle_buffer_size=4 * batch_size
+        batch_size=batch_size, drop_last=True, prefetch_batches=2, local_shuffle_buffer_size=4 * batch_size,
+        device=device, pin_memory=device.type == "cuda",
     )
+    if views.where == "trainer":
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # fresh views per run and rank
+        for batch in batches:
+            yield make_views(batch["image"], views, generator)
+        return
     for batch in batches:
         yield [batch[f"view_{index}"] for index in range(len(batch))]
 
@@ -138,7 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batches = None
     while trainer.epoch < run.epochs:
         if batches is None or loop_config.get("epochs_per_execution", 1) == 1:
-            batches = _view_batches(shard, run.batch_size // world_size)  # the next execution of the dataset
+            batches = _view_batches(shard, run.batch_size // world_size, run.views, device)  # the next execution
         try:
             metrics = trainer.train_epoch(batches)  # takes steps_per_epoch batches, leaves the rest for the next
         except NonFiniteLossError as error:

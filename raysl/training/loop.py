@@ -68,6 +68,8 @@ class Trainer:
         self.method = build_method(run, in_channels).to(self.device)
         if run.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        if run.compile:
+            self.method.backbone.compile()  # nn.Module.compile: in place, state_dict keys unchanged
         # The module the optimiser steps (DDP-wrapped when distributed); self.method stays unwrapped.
         self.model: nn.Module = wrap_model(self.method) if wrap_model else self.method
         torch.manual_seed(run.seed + 1000 * rank + 1)

@@ -1,0 +1,122 @@
+"""Scaling on one machine: images/s of a Ray Train run with 1 and 2 Train workers and 1 and 2 CPUs of
+augmentation, on a real multi-node Ray cluster made on this machine (raysl.ray_glue.local_cluster: a 0-CPU
+head, an augment-role node, one 1-CPU train-role node per worker), with the peak memory of each kind of process.
+    .venv/bin/python benchmarks/scaling.py [--workers 1 2] [--augment-cpus 1 2] [--images 20000] [--epochs 2]
+The quickstart's run config (global batch 128, split over the workers; gloo DDP over loopback), placed by node
+labels as on a cluster; augmentation actors of 0.5 CPU, one per augmentation CPU, read tasks in the rest.
+The kNN monitor is cut to a 2k bank / 1k queries: this measures training throughput, not the monitor.
+images/s and data wait are the last epoch's (the first also pays Ray Data's actor start-up).
+Memory: resident set size minus shared pages (what killing the process would free), peak over the run,
+sampled every 0.5 s, summed per kind (for 2 workers, both workers' together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = {  # process title or command line fragment -> the kind reported
+    "RayTrainWorker": "Train workers", "MapWorker": "augmentation actors", "ReadParquet": "read tasks",
+    "ray::IDLE": "idle Ray workers", "TrainController": "Train controller", "SplitCoordinator": "split coordinator",
+    "raylet": "raylets", "gcs_server": "GCS", "dashboard": "dashboard", "benchmarks/scaling.py": "driver",
+}
+
+
+def kind_of(command: str) -> str | None:
+    return next((kind for fragment, kind in KINDS.items() if fragment in command), None)
+
+
+class MemorySampler(threading.Thread):
+    """Peak per kind of the sum of (rss - shared) over that kind's live processes."""
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.stop = interval, defaultdict(int), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            now: dict[str, int] = defaultdict(int)
+            for process in psutil.process_iter(["cmdline"]):
+                try:
+                    kind = kind_of(" ".join(process.info["cmdline"] or []))
+                    if kind:
+                        memory = process.memory_info()
+                        now[kind] += memory.rss - memory.shared
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            for kind, used in now.items():
+                self.peak[kind] = max(self.peak[kind], used)
+
+
+def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple[dict, dict]:
+    import ray
+
+    from raysl.ray_glue.local_cluster import ROLE, LocalCluster
+    from raysl.ray_glue.train import build_trainer, configure_data_context
+
+    cluster = LocalCluster(augment_cpus=augment_cpus, train_cpus=1, train_nodes=workers)
+    sampler = MemorySampler()
+    try:
+        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        run = base.model_copy(update={
+            "epochs": args.epochs,
+            "data": base.data.model_copy(update={"train_limit": args.images}),
+            "evaluation": base.evaluation.model_copy(update={"bank_limit": 2000, "query_limit": 1000}),
+            "resources": base.resources.model_copy(update={
+                "workers": workers, "cpus_per_worker": 1.0, "torch_threads": 1,
+                "data_cpus": 0.5, "data_actors": augment_cpus,
+                "augment_on": {ROLE: "augment"}, "train_on": {ROLE: "train"},
+            }),
+        })
+        configure_data_context(run)
+        sampler.start()
+        trainer = build_trainer(run, data_uri, storage_path=str(Path(cluster.root) / "runs"),
+                                name=f"w{workers}-a{augment_cpus}", git_commit="bench")
+        metrics = trainer.fit().metrics
+    finally:
+        sampler.stop.set()
+        cluster.shutdown()
+    return metrics, dict(sampler.peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--augment-cpus", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--images", type=int, default=20000, help="train on the first N images per epoch")
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+    from raysl.cli import resolve_data
+    from raysl.config import load_sweep_config
+
+    base = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml").base
+    data_uri = resolve_data(base)
+    rows = []
+    with tempfile.TemporaryDirectory():
+        for workers in args.workers:
+            for augment_cpus in args.augment_cpus:
+                metrics, memory = measure(base, data_uri, workers, augment_cpus, args)
+                rows.append((workers, augment_cpus, metrics, memory))
+    print(f"last epoch of {args.epochs} ({args.images} images), quickstart run config, global batch 128, "
+          f"{psutil.cpu_count()} cores on this machine")
+    print(f"{'workers':>7s} {'aug CPUs':>8s} {'images/s':>9s} {'vs 1+1':>6s} {'data wait':>9s}  peak memory (MiB, rss - shared)")
+    reference = rows[0][2]["images_per_s"]
+    for workers, augment_cpus, metrics, memory in rows:
+        listed = ", ".join(f"{kind} {used / 2**20:.0f}" for kind, used in sorted(memory.items(), key=lambda item: -item[1]))
+        print(f"{workers:7d} {augment_cpus:8d} {metrics['images_per_s']:9.0f} {metrics['images_per_s'] / reference:5.2f}x "
+              f"{metrics['data_wait_fraction']:8.1%}  {listed}")
+
+
+if __name__ == "__main__":
+    main()
