@@ -16,44 +16,11 @@ import argparse
 import logging
 import os
 import tempfile
-import threading
-from collections import defaultdict
 from pathlib import Path
 
-import psutil
+from processes import ProcessSampler, psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {  # process title or command line fragment -> the kind reported
-    "RayTrainWorker": "Train workers", "MapWorker": "augmentation actors", "ReadParquet": "read tasks",
-    "ray::IDLE": "idle Ray workers", "TrainController": "Train controller", "SplitCoordinator": "split coordinator",
-    "raylet": "raylets", "gcs_server": "GCS", "dashboard": "dashboard", "benchmarks/scaling.py": "driver",
-}
-
-
-def kind_of(command: str) -> str | None:
-    return next((kind for fragment, kind in KINDS.items() if fragment in command), None)
-
-
-class MemorySampler(threading.Thread):
-    """Peak per kind of the sum of (rss - shared) over that kind's live processes."""
-
-    def __init__(self, interval: float = 0.5):
-        super().__init__(daemon=True)
-        self.interval, self.peak, self.stop = interval, defaultdict(int), threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            now: dict[str, int] = defaultdict(int)
-            for process in psutil.process_iter(["cmdline"]):
-                try:
-                    kind = kind_of(" ".join(process.info["cmdline"] or []))
-                    if kind:
-                        memory = process.memory_info()
-                        now[kind] += memory.rss - memory.shared
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            for kind, used in now.items():
-                self.peak[kind] = max(self.peak[kind], used)
 
 
 def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple[dict, dict]:
@@ -63,7 +30,7 @@ def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple
     from raysl.ray_glue.train import build_trainer, configure_data_context
 
     cluster = LocalCluster(augment_cpus=augment_cpus, train_cpus=1, train_nodes=workers)
-    sampler = MemorySampler()
+    sampler = ProcessSampler(os.getpid())
     try:
         ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
@@ -83,7 +50,7 @@ def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple
                                 name=f"w{workers}-a{augment_cpus}", git_commit="bench")
         metrics = trainer.fit().metrics
     finally:
-        sampler.stop.set()
+        sampler.finish()
         cluster.shutdown()
     return metrics, dict(sampler.peak)
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from processes import ProcessSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURES = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 0.15, 0.25]
@@ -61,9 +63,13 @@ def main() -> None:
         path = sweep_file(args, storage)
         sweep = load_sweep_config(path)
         data_uri = resolve_data(sweep.base)
+        sampler = ProcessSampler(os.getpid())
+        sampler.start()
         started = time.perf_counter()
         assert raysl_main(["sweep", str(path)]) == 0
         ray_wall = time.perf_counter() - started
+        sampler.finish()
+        sweep_cpu = sampler.cpu_seconds()
         per_trial = []
         for result in Path(storage, "overhead").glob("trial_*/result.json"):
             last = json.loads(result.read_text().splitlines()[-1])
@@ -76,10 +82,14 @@ def main() -> None:
             run = apply_assignment(sweep.base, {"method.temperature": temperature})
             run = run.model_copy(update={"storage_path": f"{storage}/plain", "name": f"t{index}"})
             jobs.append((run.model_dump(mode="json"), data_uri, storage))
+        sampler = ProcessSampler(os.getpid())
+        sampler.start()
         started = time.perf_counter()
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             pool.map(plain_trial, jobs)
         plain_wall = time.perf_counter() - started
+        sampler.finish()
+        plain_cpu = sampler.cpu_seconds()
 
     print(f"{args.trials} trials of {args.epochs} epoch(s) on {args.images or 'all'} images, 2 at a time")
     print(f"{'':28s} {'wall':>8s}")
@@ -90,6 +100,11 @@ def main() -> None:
     loop = sum(lo for _, lo in per_trial)
     print(f"per trial: Tune time {total / len(per_trial):.1f}s, of which the loop (train + kNN + checkpoint) "
           f"{loop / len(per_trial):.1f}s; start-up, reporting and upload {(total - loop) / len(per_trial):.1f}s")
+    print(f"CPU seconds by kind of process (sweep: {sum(sweep_cpu.values()):.0f} s in all; plain: {sum(plain_cpu.values()):.0f} s):")
+    for kind, used in sorted(sweep_cpu.items(), key=lambda item: -item[1]):
+        print(f"  sweep  {kind:22s} {used:7.1f}s")
+    for kind, used in sorted(plain_cpu.items(), key=lambda item: -item[1]):
+        print(f"  plain  {kind:22s} {used:7.1f}s")
 
 
 if __name__ == "__main__":

@@ -73,3 +73,18 @@ def test_normalize_uses_the_dataset_statistics():
     batch = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
     out = normalize(batch, torch.tensor([0.5]), torch.tensor([0.25]))
     torch.testing.assert_close(out, torch.full((2, 1, 4, 4), 2.0))
+
+
+def test_the_separable_crop_grid_is_affine_grid():
+    import torch.nn.functional as F
+
+    from raysl.data.views import crop_grid
+
+    generator = torch.Generator().manual_seed(3)
+    scale_x, scale_y = torch.rand(64, generator=generator) * 2 - 1, torch.rand(64, generator=generator)
+    centre_x, centre_y = torch.rand(64, generator=generator) - 0.5, torch.rand(64, generator=generator) - 0.5
+    theta = torch.zeros(64, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = scale_x, centre_x, scale_y, centre_y
+    for size in (14, 28, 32):
+        expected = F.affine_grid(theta, [64, 3, size, size], align_corners=False)
+        assert torch.allclose(crop_grid(scale_x, centre_x, scale_y, centre_y, size), expected, atol=1e-6)

@@ -49,13 +49,19 @@ def crop_and_flip(
     centre_x = (torch.rand(n, generator=generator) * (1 - crop_w) + crop_w / 2) * 2 - 1
     centre_y = (torch.rand(n, generator=generator) * (1 - crop_h) + crop_h / 2) * 2 - 1
     flip = torch.where(_bernoulli(n, flip_prob, generator), -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = crop_w * flip
-    theta[:, 0, 2] = centre_x
-    theta[:, 1, 1] = crop_h
-    theta[:, 1, 2] = centre_y
-    grid = F.affine_grid(theta.to(images.device), [n, images.shape[1], spec.size, spec.size], align_corners=False)
+    grid = crop_grid(crop_w * flip, centre_x, crop_h, centre_y, spec.size).to(images.device)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def crop_grid(scale_x: torch.Tensor, centre_x: torch.Tensor, scale_y: torch.Tensor, centre_y: torch.Tensor, size: int) -> torch.Tensor:
+    """The sampling grid (N, size, size, 2) of F.affine_grid(theta, align_corners=False) for the axis-aligned
+    theta [[scale_x, 0, centre_x], [0, scale_y, centre_y]], built from its two separable axes: the same
+    values (to float rounding) without affine_grid's batched matmul, which took 14% of an actor's CPU."""
+    base = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # pixel centres in [-1, 1]
+    xs = scale_x[:, None] * base + centre_x[:, None]  # (N, size): depends on the column only
+    ys = scale_y[:, None] * base + centre_y[:, None]  # and on the row only
+    n = xs.shape[0]
+    return torch.stack((xs[:, None, :].expand(n, size, size), ys[:, :, None].expand(n, size, size)), dim=-1)
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
