@@ -15,10 +15,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
-from processes import ProcessSampler, psutil
+# Token auth, as `ray start` makes clusters, with a token of this run's own: read when Ray is imported.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+from processes import ProcessSampler, psutil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +66,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000, help="train on the first N images per epoch")
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
     from raysl.cli import resolve_data
     from raysl.config import load_sweep_config

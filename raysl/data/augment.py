@@ -17,6 +17,9 @@ import torch
 from raysl.config import ViewsConfig
 from raysl.data.pretraining import PretrainingPlan, decode_images
 from raysl.data.views import make_views
+from raysl.ray_glue import data_patches
+
+data_patches.install()  # this module is imported wherever the view dataset's plan is unpickled: see data_patches
 
 AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larger blocks to move
 
