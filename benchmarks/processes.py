@@ -59,6 +59,13 @@ class ProcessSampler(threading.Thread):
         self.stop.set()
         self.join()
 
+    def __enter__(self) -> ProcessSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+
     def cpu_seconds(self) -> dict[str, float]:
         totals: dict[str, float] = defaultdict(float)
         for pid, (kind, used) in self.last_cpu.items():

@@ -16,7 +16,6 @@ import argparse
 import logging
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 # Token auth, as `ray start` makes clusters, with a token of this run's own: read when Ray is imported.
@@ -34,7 +33,6 @@ def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple
     from raysl.ray_glue.train import build_trainer, configure_data_context
 
     cluster = LocalCluster(augment_cpus=augment_cpus, train_cpus=1, train_nodes=workers)
-    sampler = ProcessSampler(os.getpid())
     try:
         ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
@@ -49,12 +47,11 @@ def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple
             }),
         })
         configure_data_context(run)
-        sampler.start()
-        trainer = build_trainer(run, data_uri, storage_path=str(Path(cluster.root) / "runs"),
-                                name=f"w{workers}-a{augment_cpus}", git_commit="bench")
-        metrics = trainer.fit().metrics
+        with ProcessSampler(os.getpid()) as sampler:
+            trainer = build_trainer(run, data_uri, storage_path=str(Path(cluster.root) / "runs"),
+                                    name=f"w{workers}-a{augment_cpus}", git_commit="bench")
+            metrics = trainer.fit().metrics
     finally:
-        sampler.finish()
         cluster.shutdown()
     return metrics, dict(sampler.peak)
 
@@ -73,11 +70,10 @@ def main() -> None:
     base = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml").base
     data_uri = resolve_data(base)
     rows = []
-    with tempfile.TemporaryDirectory():
-        for workers in args.workers:
-            for augment_cpus in args.augment_cpus:
-                metrics, memory = measure(base, data_uri, workers, augment_cpus, args)
-                rows.append((workers, augment_cpus, metrics, memory))
+    for workers in args.workers:
+        for augment_cpus in args.augment_cpus:
+            metrics, memory = measure(base, data_uri, workers, augment_cpus, args)
+            rows.append((workers, augment_cpus, metrics, memory))
     print(f"last epoch of {args.epochs} ({args.images} images), quickstart run config, global batch 128, "
           f"{psutil.cpu_count()} cores on this machine")
     print(f"{'workers':>7s} {'aug CPUs':>8s} {'images/s':>9s} {'vs 1+1':>6s} {'data wait':>9s}  peak memory (MiB, rss - shared)")

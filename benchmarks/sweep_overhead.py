@@ -1,4 +1,4 @@
-"""Sweep overhead: a Ray Tune sweep of N short trials against the same trials' loops run without Ray (two
+"""Sweep overhead: a Ray Tune sweep of N trials against the same trials' loops run without Ray (two
 plain processes at a time, as the sweep runs two trials at a time), wall time side by side, and where the
 sweep's extra time goes per trial (Tune's time_total_s minus the loop's own training + kNN + checkpoint time).
     .venv/bin/python benchmarks/sweep_overhead.py [--trials 2] [--images N] [--epochs 3]
@@ -63,32 +63,27 @@ def main() -> None:
         path = sweep_file(args, storage)
         sweep = load_sweep_config(path)
         data_uri = resolve_data(sweep.base)
-        sampler = ProcessSampler(os.getpid())
-        sampler.start()
-        started = time.perf_counter()
-        assert raysl_main(["sweep", str(path)]) == 0
-        ray_wall = time.perf_counter() - started
-        sampler.finish()
+        with ProcessSampler(os.getpid()) as sampler:
+            started = time.perf_counter()
+            assert raysl_main(["sweep", str(path)]) == 0
+            ray_wall = time.perf_counter() - started
         sweep_cpu = sampler.cpu_seconds()
         per_trial = []
         for result in Path(storage, "overhead").glob("trial_*/result.json"):
-            last = json.loads(result.read_text().splitlines()[-1])
             rows = [json.loads(line) for line in result.read_text().splitlines()]
             loop = sum(row["train_seconds"] + row["eval_seconds"] + row.get("checkpoint_seconds", 0) for row in rows)
-            per_trial.append((last["time_total_s"], loop))
+            per_trial.append((rows[-1]["time_total_s"], loop))
 
         jobs = []
         for index, temperature in enumerate(TEMPERATURES[: args.trials]):
             run = apply_assignment(sweep.base, {"method.temperature": temperature})
             run = run.model_copy(update={"storage_path": f"{storage}/plain", "name": f"t{index}"})
             jobs.append((run.model_dump(mode="json"), data_uri, storage))
-        sampler = ProcessSampler(os.getpid())
-        sampler.start()
-        started = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(2) as pool:
-            pool.map(plain_trial, jobs)
-        plain_wall = time.perf_counter() - started
-        sampler.finish()
+        with ProcessSampler(os.getpid()) as sampler:
+            started = time.perf_counter()
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                pool.map(plain_trial, jobs)
+            plain_wall = time.perf_counter() - started
         plain_cpu = sampler.cpu_seconds()
 
     print(f"{args.trials} trials of {args.epochs} epoch(s) on {args.images or 'all'} images, 2 at a time")

@@ -128,10 +128,8 @@ def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
     for number, source in enumerate(plan.sources):
         images, _ = load_split(source.uri, "train")
         rows = np.arange(len(images))
-        if source.counts is not None:
+        if source.counts is not None:  # a subset, a pool share or train_limit; None: every row once
             rows = np.repeat(rows, source.counts)
-        elif number == 0 and len(plan.sources) == 1:
-            rows = rows[: plan.epoch_images]
         parts.append(plan.condition(number, images[rows], rows))
     return np.concatenate(parts)
 

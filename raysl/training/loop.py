@@ -22,6 +22,8 @@ from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
 from raysl.training.evaluation import EvalSet, FeatureOptions, full_evaluation, monitor_metrics
 from raysl.training.monitor import embedding_std
+
+COLLAPSE_SAMPLE = 1024  # query features the collapse signal (embedding_std) is measured on
 from raysl.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
@@ -154,7 +156,7 @@ class Trainer:
         metrics, queries = monitor_metrics(self.method.backbone, sets, self.run.evaluation, self.feature_options())
         with torch.no_grad():
             self.method.projector.eval()
-            projected = self.method.projector(queries[: self.run.evaluation.feature_batch(self.device.type)].to(self.device))
+            projected = self.method.projector(queries[:COLLAPSE_SAMPLE].to(self.device))
             self.method.projector.train()
         return {
             **metrics,
