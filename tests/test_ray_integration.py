@@ -6,6 +6,7 @@ Slow (minutes): `pytest -m slow`. Each test drives the real CLI in a subprocess,
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,15 @@ def test_asha_sweep_end_to_end(tiny_dataset, tmp_path):
     assert "knn_top1" in trained.stdout and trained.stdout.strip().splitlines()[-1].startswith(str(tmp_path / "best"))
 
 
+def _registered_checkpoint(run_dir: Path) -> bool:
+    """Whether Ray Train's checkpoint manager snapshot in run_dir names a latest checkpoint."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
+
+
 def test_killed_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
     run = {**SMALL_RUN, "data": {"path": tiny_dataset}, "epochs": 4, "storage_path": str(tmp_path), "name": "killme"}
     config = tmp_path / "run.yaml"
@@ -86,10 +96,11 @@ def test_killed_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
     command = [sys.executable, "-m", "raysl", "train", str(config)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not list((tmp_path / "killme").glob("checkpoint_*")) and time.monotonic() < deadline:
+    # Kill once Ray Train has registered a checkpoint (its snapshot names one), not merely when a checkpoint
+    # directory appears: epochs take ~1 s here, and a directory can exist before the controller records it.
+    while not _registered_checkpoint(tmp_path / "killme") and time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
-        time.sleep(0.5)
-    time.sleep(1)  # let the checkpoint finish registering
+        time.sleep(0.2)
     assert process.poll() is None, "the run finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
