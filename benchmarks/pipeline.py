@@ -58,13 +58,13 @@ def ray_images_per_s(run, data_uri: str, epochs: int) -> float:
     """As a Train worker consumes it: one execution over every epoch (the warm-up one too), an epoch's
     batches at a time from one iterator (raysl.ray_glue.train.epochs_per_execution)."""
     from raysl.data.pretraining import plan_pretraining
-    from raysl.ray_glue.train import build_view_dataset, configure_data_context
+    from raysl.ray_glue.train import build_view_dataset, configure_data_context, shuffle_buffer
 
     configure_data_context(run)
     plan = plan_pretraining(run, data_uri)
     dataset = build_view_dataset(run, plan, epochs=epochs + 1)
     batches = iter(dataset.iter_torch_batches(batch_size=BATCH, drop_last=True, prefetch_batches=2,
-                                              local_shuffle_buffer_size=4 * BATCH))
+                                              local_shuffle_buffer_size=shuffle_buffer(BATCH)))
     delivered, started = 0, None
     for epoch in range(epochs + 1):
         if epoch == 1:

@@ -56,6 +56,35 @@ def test_one_execution_streams_every_epoch_each_image_once_per_epoch(local_ray, 
     assert Counter(rows) == Counter({image.tobytes(): run.epochs for image in expected})
 
 
+def test_the_rows_of_a_batch_change_from_epoch_to_epoch(local_ray, tiny_dataset):
+    # A batch's rows are each other's negatives: they must not be the same rows every epoch. With no local
+    # shuffle buffer for small batches, that rests on the augmentation actor's fresh row order per block.
+    import itertools
+
+    import torch
+
+    from raysl.ray_glue.train import _view_batches, shuffle_buffer
+
+    run = _run(tiny_dataset)
+    assert shuffle_buffer(run.batch_size) is None  # the case without a buffer
+    configure_data_context(run)
+    plan = plan_pretraining(run, tiny_dataset)
+    dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
+    batches = _view_batches(dataset, run.batch_size, run.views, torch.device("cpu"))
+    steps = plan.epoch_images // run.batch_size
+
+    def together() -> set[tuple[bytes, bytes]]:  # the pairs of images that shared a batch this epoch
+        pairs = set()
+        for views in itertools.islice(batches, steps):
+            rows = sorted(image.tobytes() for image in views[0].numpy())
+            pairs.update(itertools.combinations(rows, 2))
+        return pairs
+
+    first, second = together(), together()
+    # A random 100 of a 1024-row block share a batch again with chance ~0.1; the same batches give 1.0.
+    assert len(first & second) / len(first) < 0.4
+
+
 def test_a_plan_that_mixes_keeps_one_execution_per_epoch(local_ray, tiny_dataset):
     # A 300-image subset repeated to the full split: a global shuffle per epoch, so one epoch per execution.
     run = _run(tiny_dataset, subset={"count": 300, "epoch_size": "full"})

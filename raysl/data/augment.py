@@ -32,7 +32,7 @@ class AugmentViews:
     raysl/data/pretraining.py); then the views are made. Runs in a long-lived actor (one per trial by
     default): on 2 cores, plain tasks were measured to spend more CPU starting worker processes (importing
     torch) than augmenting, and left the Train workers about a third of a core each. A fresh, unseeded
-    generator per batch: new views every epoch.
+    generator per batch: new views, and a new row order, every epoch.
     """
 
     def __init__(self, views: dict[str, Any], plan: PretrainingPlan):
@@ -47,13 +47,16 @@ class AugmentViews:
             pixels = plan.apply(batch["image"], batch["index"], sources)
         else:
             pixels = decode_images(batch["image"], plan.shape)
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        # Rows leave in a fresh random order: the rows of a batch (each other's negatives) change every
+        # epoch without a local shuffle buffer on the consumer (raysl.ray_glue.train.shuffle_buffer).
+        order = torch.randperm(len(pixels), generator=generator).numpy()
         if self.views.where == "trainer":  # the Train worker makes the views on its device
-            return {"image": np.ascontiguousarray(pixels)}
+            return {"image": np.ascontiguousarray(pixels[order])}
         if len(pixels) == 0:  # a block the plan keeps nothing of (a small subset): no views, right shapes
             channels = pixels.shape[-1]
             return {f"view_{index}": np.empty((0, channels, spec.size, spec.size), np.uint8)
                     for index, spec in enumerate(spec for spec in self.views.crops for _ in range(spec.count))}
-        images = torch.from_numpy(pixels.copy())
-        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        images = torch.from_numpy(pixels[order])
         made = make_views(images, self.views, generator)
         return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
