@@ -210,7 +210,9 @@ def error_status(text: str) -> str:
 
 
 def trial_status(trial: Trial, max_epochs: int, sweep: SweepConfig | None) -> str:
-    if trial.error is not None or trial.state == "ERROR":
+    # error.txt outlives the attempt that wrote it: a trial Tune retried (trial_retries) and that then
+    # finished is TERMINATED, with the error of its failed attempt still beside it.
+    if trial.state == "ERROR" or (trial.error is not None and trial.state != "TERMINATED"):
         return error_status(trial.error or "")
     if trial.rows and trial.epochs >= max_epochs:
         return "completed"

@@ -144,3 +144,12 @@ def test_an_idle_scheduling_step_sleeps_instead_of_spinning(monkeypatch):
     busy_seconds = time.perf_counter() - started
     assert idle_seconds >= data_patches.IDLE_SLEEP_S * 0.9 and busy_seconds < data_patches.IDLE_SLEEP_S / 2
     assert calls == [idle, busy]
+
+
+def test_only_several_workers_split_the_view_dataset():
+    # One Train worker iterates the whole view dataset itself (no SplitCoordinator process, no per-block
+    # round trips); several share it through streaming_split, each getting its own blocks.
+    from raysl.ray_glue.train import datasets_to_split
+
+    assert datasets_to_split(1) == []
+    assert datasets_to_split(2) == datasets_to_split(4) == "all"

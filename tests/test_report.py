@@ -183,7 +183,7 @@ def test_report_without_sweep_yaml(real_experiment, tmp_path):
 
 
 def test_statuses_order_and_resumed_epochs(tmp_path):
-    sweep = sweep_dict({"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}, epochs=4)
+    sweep = sweep_dict({"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007]}, epochs=4)
     sweep["scheduler"] = {"name": "asha", "grace_period": 1}
     resumed = epoch_rows("x_00005", [0.1, 0.2]) + epoch_rows("x_00005", [0.3, 0.4, 0.55])  # epochs 1, 2 again
     experiment = write_experiment(tmp_path / "exp", sweep, [
@@ -195,6 +195,9 @@ def test_statuses_order_and_resumed_epochs(tmp_path):
          "error": "ValueError: bad\nThe above exception was the direct cause of:\nRuntimeError: trial x_00003 failed"},
         {"id": "x_00004", "params": {"optimizer.lr": 0.005}, "rows": [], "state": "PENDING"},
         {"id": "x_00005", "params": {"optimizer.lr": 0.006}, "rows": resumed, "state": "RUNNING"},
+        # Failed once (its node lost), retried by Tune and finished: error.txt stays, Tune's state says TERMINATED.
+        {"id": "x_00006", "params": {"optimizer.lr": 0.007}, "rows": epoch_rows("x_00006", [0.1, 0.2, 0.3, 0.4]),
+         "error": "ray.exceptions.RpcError: the node died"},
     ])
     (experiment / "experiment_state-2025-01-01_00-00-00.json").write_text('{"trial_data": []}')  # older: ignored
     build_report(str(experiment), log=lambda line: None)
@@ -202,6 +205,7 @@ def test_statuses_order_and_resumed_epochs(tmp_path):
     assert [(row["trial"], row["status"]) for row in rows] == [
         ("x_00000", "completed"),
         ("x_00005", "running or interrupted (epoch 3)"),
+        ("x_00006", "completed"),
         ("x_00002", "failed: loss inf at epoch 2 step 37"),
         ("x_00001", "stopped early (ASHA)"),
         ("x_00003", "failed: RuntimeError"),
@@ -213,7 +217,7 @@ def test_statuses_order_and_resumed_epochs(tmp_path):
     assert [row["knn_top1"] for row in next(t for t in loaded.trials if t.trial_id == "x_00005").rows] == [0.3, 0.4, 0.55]
     markdown = (experiment / "leaderboard.md").read_text()
     assert "| x_00000 | 0.001 | 0.6 | 0.1235 | 4 | completed |" in markdown
-    assert "Trials: 6 (1 completed, 1 stopped early (ASHA), 2 failed, 1 not started, 1 running or interrupted)" in markdown
+    assert "Trials: 7 (2 completed, 1 stopped early (ASHA), 2 failed, 1 not started, 1 running or interrupted)" in markdown
     assert produced(experiment) == {"knn_per_epoch.png", "final_vs_optimizer_lr.png"}
 
 

@@ -278,4 +278,15 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
         datasets={"train": build_view_dataset(run, plan, epochs_per_execution(run, plan))},
+        dataset_config=ray.train.DataConfig(datasets_to_split=datasets_to_split(resources.workers)),
     )
+
+
+def datasets_to_split(workers: int) -> list[str] | str:
+    """Ray Train's DataConfig.datasets_to_split for a run of `workers` Train workers.
+
+    Several workers share the view dataset through streaming_split, whose SplitCoordinator actor runs the
+    Ray Data executor and hands blocks out. A single worker needs no split: it gets the whole dataset's
+    iterator and runs the executor itself, which saves the coordinator process (~380 MiB) and its
+    per-block round trips (benchmarks/sweep_overhead.py counts its CPU)."""
+    return "all" if workers > 1 else []
