@@ -33,11 +33,12 @@ test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -m cluster
 
 # The speed benchmarks (README, Performance), one after another; each prints its table. Not tests.
-# About 40 minutes on 2 cores; run nothing else meanwhile: the figures are side-by-side ratios.
+# About 45 minutes on 2 cores; run nothing else meanwhile: the figures are side-by-side ratios.
 bench: $(VENV)/.installed data
 	$(PY) benchmarks/views.py --images 1024
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/trainer.py
+	$(PY) benchmarks/monitor_rank.py
 	$(PY) benchmarks/sweep_overhead.py
 	$(PY) benchmarks/scaling.py
 
