@@ -8,7 +8,8 @@ the Train workers themselves (benchmarks/sweep_overhead.py). Here an idle step s
 with active tasks is unchanged, and a task can start at most 10 ms later than it would have.
 
 `install()` is idempotent. raysl.data.augment calls it at import, so it runs wherever the view dataset's
-plan is unpickled (the SplitCoordinator, a driver iterating it) without a runtime-env hook.
+plan is unpickled (a multi-worker run's SplitCoordinator, a single Train worker running the executor
+itself, a driver iterating it) without a runtime-env hook.
 """
 
 from __future__ import annotations
