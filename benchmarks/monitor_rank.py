@@ -4,7 +4,7 @@ monitor (60k bank, 10k queries) costs about a fifth of a CPU epoch and a limited
 so this trains a spread of quickstart variants in this process (no Ray: the same Trainer and views) and
 scores each with both monitors, side by side:
     .venv/bin/python benchmarks/monitor_rank.py [--images 20000] [--epochs 1] [--parallel 2]
-Prints each variant's two scores and the rank correlation (Spearman) between them.
+Prints each variant's two scores and the rank correlation (Spearman, pandas) between them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import argparse
 import multiprocessing
 import time
 from pathlib import Path
+
+import pandas  # with Ray Data / Tune; Tune's result frames are pandas too
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURES = [0.05, 0.1, 0.2, 0.5, 1.0]
@@ -42,36 +44,13 @@ def score(job: tuple[dict, str]) -> tuple[float, float, float, float]:
     generator = torch.Generator().manual_seed(run.seed)
     for _ in range(run.epochs):
         trainer.train_epoch(in_process_batches(images, run.batch_size, run.views, generator))
-    figures = []
+    scored = []
     for variant in (run, limited):
         sets = load_eval_sets(variant, data_uri)
         started = time.perf_counter()
-        knn = trainer.evaluate(sets)["knn_top1"]
-        figures += [knn, time.perf_counter() - started]
-    return figures[0], figures[2], figures[1], figures[3]
-
-
-def ranks(values: list[float]) -> list[float]:
-    """Ranks (1 = lowest), ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    result = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for index in order[start : end + 1]:
-            result[index] = (start + end) / 2 + 1
-        start = end + 1
-    return result
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = ranks(a), ranks(b)
-    mean_a, mean_b = sum(ra) / len(ra), sum(rb) / len(rb)
-    covariance = sum((x - mean_a) * (y - mean_b) for x, y in zip(ra, rb))
-    spread = (sum((x - mean_a) ** 2 for x in ra) * sum((y - mean_b) ** 2 for y in rb)) ** 0.5
-    return covariance / spread
+        scored.append((trainer.evaluate(sets)["knn_top1"], time.perf_counter() - started))
+    (full, full_seconds), (limited_knn, limited_seconds) = scored
+    return full, limited_knn, full_seconds, limited_seconds
 
 
 def main() -> None:
@@ -93,17 +72,16 @@ def main() -> None:
             for t, lr in variants]
     with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
         results = pool.map(score, jobs)
+    scores = pandas.DataFrame(results, columns=["protocol", "limited", "protocol_s", "limited_s"])
     print(f"{len(variants)} quickstart variants, {args.epochs} epoch(s) of {args.images} images each, in-process")
     print(f"{'temperature':>11s} {'lr':>7s} {'protocol 60k/10k':>17s} {'limited 10k/5k':>15s}")
-    for (temperature, lr), (full, limited, _, _) in zip(variants, results):
+    for (temperature, lr), full, limited in zip(variants, scores["protocol"], scores["limited"]):
         print(f"{temperature:11g} {lr:7g} {full:17.4f} {limited:15.4f}")
-    full, limited = [r[0] for r in results], [r[1] for r in results]
-    best_full, best_limited = max(range(len(full)), key=full.__getitem__), max(range(len(limited)), key=limited.__getitem__)
-    print(f"Spearman rank correlation: {spearman(full, limited):.3f}; best variant by the protocol: {variants[best_full]}, "
-          f"by the limited monitor: {variants[best_limited]} (its protocol score {full[best_limited]:.4f} vs {full[best_full]:.4f})")
-    print(f"monitor seconds per evaluation: protocol {sum(r[2] for r in results) / len(results):.1f} s, "
-          f"limited {sum(r[3] for r in results) / len(results):.1f} s")
-
+    best_full, best_limited = scores["protocol"].idxmax(), scores["limited"].idxmax()
+    print(f"Spearman rank correlation: {scores['protocol'].corr(scores['limited'], method='spearman'):.3f}; "
+          f"best variant by the protocol: {variants[best_full]}, by the limited monitor: {variants[best_limited]} "
+          f"(its protocol score {scores['protocol'][best_limited]:.4f} vs {scores['protocol'][best_full]:.4f})")
+    print(f"monitor seconds per evaluation: protocol {scores['protocol_s'].mean():.1f} s, limited {scores['limited_s'].mean():.1f} s")
 
 if __name__ == "__main__":
     main()
