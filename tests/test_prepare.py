@@ -245,11 +245,14 @@ def test_image_folder_mixed_modes(tmp_path):
     json.loads((out / "manifest.json").read_text(encoding="utf-8"))
 
 
-def test_image_folder_needs_one_size_or_image_size(tmp_path):
+def test_image_folder_pixels_need_one_size_or_image_size(tmp_path):
+    """--mode pixels without --image-size needs one size; auto (the default) stores mixed sizes encoded."""
     make_mixed_folder(tmp_path / "images")
-    with pytest.raises(UserError, match="--image-size"):
-        prepare("image-folder", str(tmp_path / "images"), str(tmp_path / "out"), **QUIET)
+    with pytest.raises(UserError, match="--image-size.*--mode encoded"):
+        prepare("image-folder", str(tmp_path / "images"), str(tmp_path / "out"), mode="pixels", **QUIET)
     assert not (tmp_path / "out").exists()
+    manifest = prepare("image-folder", str(tmp_path / "images"), str(tmp_path / "auto"), **QUIET)
+    assert manifest["storage"] == "encoded" and manifest["image_shape"] is None
 
 
 def test_image_folder_all_grayscale_gives_one_channel_and_scales_16_bit(tmp_path):

@@ -85,7 +85,7 @@ def require_intact(uri: str, manifest: dict, *, checksum: bool = False, splits: 
 def locate(filesystem: pafs.FileSystem, path: str, columns: list[str] | None = None) -> str:
     """Where a shard fails to read: 'row group N' (the first that fails), 'its footer', or '' if it reads."""
     try:
-        parquet = pq.ParquetFile(path, filesystem=filesystem)
+        parquet = pq.ParquetFile(path, filesystem=filesystem, page_checksum_verification=True)
     except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
         return f"its footer ({_first_line(error)})"
     for group in range(parquet.num_row_groups):
@@ -100,7 +100,7 @@ def read_table(filesystem: pafs.FileSystem, path: str, columns: list[str] | None
                manifest: dict | None = None) -> pa.Table:
     """pq.read_table, but a failure raises DamagedShardError naming the shard, the row group and the fix."""
     try:
-        return pq.read_table(path, columns=columns, filesystem=filesystem)
+        return pq.read_table(path, columns=columns, filesystem=filesystem, page_checksum_verification=True)
     except Exception as error:  # noqa: BLE001
         where = locate(filesystem, path, columns) or _first_line(error)
         raise DamagedShardError(
