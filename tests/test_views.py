@@ -88,3 +88,46 @@ def test_the_separable_crop_grid_is_affine_grid():
     for size in (14, 28, 32):
         expected = F.affine_grid(theta, [64, 3, size, size], align_corners=False)
         assert torch.allclose(crop_grid(scale_x, centre_x, scale_y, centre_y, size), expected, atol=1e-6)
+
+
+def _make_views_before_photometric(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """make_views as it was before `photometric` was split out of `augment` (copied, frozen)."""
+    from raysl.data.views import _bernoulli, _gray, color_jitter, to_uint8
+
+    def augment(images, spec, views, generator):
+        out = crop_and_flip(images, spec, views.flip, generator)
+        out = color_jitter(out, views, generator)
+        if out.shape[1] == 3 and views.grayscale > 0:
+            gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device).view(-1, 1, 1, 1)
+            out = torch.where(gray, _gray(out).expand_as(out), out)
+        if views.blur.prob > 0:
+            out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)
+        return out
+
+    source = to_float(images)
+    return [to_uint8(augment(source, spec, views, generator)) for spec in views.crops for _ in range(spec.count)]
+
+
+def test_make_views_is_unchanged_by_the_photometric_split():
+    from raysl.data.views import photometric
+
+    configs = [
+        ViewsConfig(),
+        ViewsConfig.model_validate({
+            "crops": [{"count": 2, "size": 32, "scale": [0.4, 1.0]}, {"count": 3, "size": 12, "scale": [0.05, 0.4]}],
+            "blur": {"prob": 0.5}, "grayscale": 0.5,
+        }),
+    ]
+    for config in configs:
+        for channels in (1, 3):
+            batch = images(n=16, h=40, w=30, c=channels, seed=channels)
+            now = make_views(batch, config, torch.Generator().manual_seed(11))
+            before = _make_views_before_photometric(batch, config, torch.Generator().manual_seed(11))
+            assert len(now) == len(before) == config.num_views
+            assert all(torch.equal(a, b) for a, b in zip(now, before))
+    # photometric alone: the same draws whatever produced its input
+    floats = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = ViewsConfig.model_validate({"blur": {"prob": 0.5}})
+    first = photometric(floats, config, torch.Generator().manual_seed(2))
+    assert torch.equal(first, photometric(floats, config, torch.Generator().manual_seed(2)))
+    assert first.shape == floats.shape and 0 <= first.min() and first.max() <= 1

@@ -2,9 +2,9 @@
 
 `make_views(images, views, generator)` takes uint8 images (N, H, W, C) and returns one uint8 tensor
 (N, C, size, size) per view: for each crop spec, `count` views, each a random resized crop and flip done
-by one `grid_sample`, then colour jitter, grayscale and blur drawn per image. The same generator state
-gives the same views, on the CPU or on an accelerator (the random numbers come from a CPU generator
-either way; Ray Data actors use the CPU, `views.where: trainer` the Train worker's device). Ops that need colour (saturation, hue, grayscale) apply to 3-channel images only.
+by one `grid_sample`, then `photometric`: colour jitter, grayscale and blur drawn per image. The same
+generator state gives the same views, on the CPU or on an accelerator (the random numbers come from a
+CPU generator either way; Ray Data actors use the CPU, `views.where: trainer` the Train worker's device). Ops that need colour (saturation, hue, grayscale) apply to 3-channel images only.
 
 Differences from torchvision's per-image transforms, chosen for batching:
 - a crop whose drawn area and ratio do not fit is shrunk to fit (torchvision retries, then centre-crops);
@@ -129,16 +129,22 @@ def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float],
     return flat.view(n, channels, height, width)
 
 
-def augment(images: torch.Tensor, spec: CropSpec, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
-    """One random view of float images (N, C, H, W) in [0, 1] for one crop spec; float in [0, 1]."""
-    out = crop_and_flip(images, spec, views.flip, generator)
-    out = color_jitter(out, views, generator)
+def photometric(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
+    """The photometric part of a view, after the crop and flip: colour jitter, then grayscale (3 channels
+    only), then blur, each drawn per image from `generator`, for float images (N, C, S, S) in [0, 1] on any
+    device; float in [0, 1]. Shared by `make_views` and the encoded-image path (raysl.data.decode)."""
+    out = color_jitter(images, views, generator)
     if out.shape[1] == 3 and views.grayscale > 0:
         gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device).view(-1, 1, 1, 1)
         out = torch.where(gray, _gray(out).expand_as(out), out)
     if views.blur.prob > 0:
         out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)
     return out
+
+
+def augment(images: torch.Tensor, spec: CropSpec, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
+    """One random view of float images (N, C, H, W) in [0, 1] for one crop spec; float in [0, 1]."""
+    return photometric(crop_and_flip(images, spec, views.flip, generator), views, generator)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
