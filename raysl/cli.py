@@ -89,12 +89,36 @@ def check_evaluation(run: RunConfig, data_uri: str, pool_uris: list[str], where:
                             "(label-map files name their set with `name:`, else their file name)")
 
 
+def check_shards(uris: list[str], checksum: bool = False) -> None:
+    """Every shard of these prepared datasets is there with the size its manifest records (one metadata call
+    per shard); with `checksum`, also its sha256 (reads every byte). A UserError names each damaged shard."""
+    from raysl.data.prepare import read_manifest
+    from raysl.data.shards import require_intact
+
+    for uri in dict.fromkeys(uris):
+        require_intact(uri, read_manifest(uri), checksum=checksum)
+
+
+def check_encoded(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
+    """What an encoded (variable-size) main dataset allows: with views.where: trainer the Train worker decodes
+    the stored files itself, so rows must reach it as files (no corruption, no pool)."""
+    from raysl.data.prepare import read_manifest
+    from raysl.data.rows import is_encoded
+
+    if not is_encoded(read_manifest(data_uri)) or run.views.where != "trainer":
+        return
+    if run.data.corruption.active or pool_uris:
+        raise UserError(f"{where}views.where: trainer decodes an encoded dataset's files on the Train worker, so it "
+                        "cannot take data.corruption or data.pool (their rows are decoded images); use views.where: data")
+
+
 def check_data_conditions(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
     """Data-dependent checks before Ray starts: the subset fits the train split (and its classes when
     balanced), an epoch holds a batch, and check_evaluation. `where` prefixes errors (a sweep's drawn value)."""
     from raysl.data.pretraining import plan_pretraining
 
     check_evaluation(run, data_uri, pool_uris, where)
+    check_encoded(run, data_uri, pool_uris, where)
     try:
         plan = plan_pretraining(run, data_uri, pool_uris)
     except UserError as error:
@@ -156,7 +180,8 @@ def command_prepare(args: argparse.Namespace) -> None:
     prepare(
         args.kind, args.source, args.out, image_size=args.image_size, test_fraction=args.test_fraction,
         seed=args.seed, strict=args.strict, download=args.download, workers=args.workers,
-        progress=not args.no_progress, unlabeled=args.unlabeled,
+        progress=not args.no_progress, unlabeled=args.unlabeled, mode=args.mode, max_side=args.max_side,
+        quality=args.quality, classes=args.classes, image_column=args.image_column, label_column=args.label_column,
     )
 
 
@@ -165,11 +190,36 @@ def command_validate(args: argparse.Namespace) -> None:
     if kind == "sweep":
         sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
         _log_notes(sweep.notes)
-        _log(f"{args.config}: valid sweep config ({sweep.trial_count} trials, {len(sweep.search)} searched keys)")
+        run = sweep.base
+        what = f"valid sweep config ({sweep.trial_count} trials, {len(sweep.search)} searched keys)"
     else:
         run = load_run_config(args.config, args.set, smoke=args.smoke)
         _log_notes(run.notes())
-        _log(f"{args.config}: valid run config")
+        what = "valid run config"
+    _validate_prepared(run.with_absolute_paths(os.getcwd()), checksum=args.verify_data)
+    _log(f"{args.config}: {what}")
+
+
+def _validate_prepared(run: RunConfig, checksum: bool) -> None:
+    """The datasets a config names by path (or that are already prepared in its cache): their shards' sizes
+    (and with --verify-data their checksums). Datasets still to be prepared are checked when they are."""
+    from raysl.data.prepare import read_manifest
+
+    uris = []
+    for field, path in [("data.path", run.data.path), *((f"data.pool.{index}.path", entry.path) for index, entry in enumerate(run.data.pool))]:
+        if not path or ("://" in path and not checksum):  # object storage: only when asked (credentials, latency)
+            continue
+        uri = path if "://" in path else os.path.abspath(os.path.expanduser(path))
+        try:
+            read_manifest(uri)
+        except UserError as error:
+            _log(f"note: {field}: {error} (its shards are checked when a run starts)")
+            continue
+        uris.append(uri)
+    check_shards(uris, checksum=checksum)
+    if uris:
+        _log(f"shards of {len(uris)} prepared dataset(s) present with their recorded sizes"
+             + (" and checksums" if checksum else " (add --verify-data to check their checksums too)"))
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -179,6 +229,7 @@ def command_train(args: argparse.Namespace) -> None:
     _log_notes(run.notes())
     _gpu_check(run, "resources")
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
+    check_shards([data_uri, *pool_uris], checksum=args.verify_data)
     check_data_conditions(run, data_uri, pool_uris, f"{args.config}: ")
     if run.data.corruption.active:
         from raysl.data.pretraining import save_corruption_samples
@@ -233,6 +284,7 @@ def command_sweep(args: argparse.Namespace) -> None:
     if not os.environ.get("RAY_ADDRESS"):
         check_cpu_budget(sweep, float(os.cpu_count() or 1), "this machine")
     data_uri = resolve_data(sweep.base)
+    check_shards([data_uri, *resolve_pool(sweep.base.with_absolute_paths(os.getcwd()))], checksum=args.verify_data)
     check_sweep_data(sweep, data_uri, args.config)
     _start_ray(quiet=True)
     if os.environ.get("RAY_ADDRESS"):
@@ -310,6 +362,7 @@ def command_eval(args: argparse.Namespace) -> None:
 
     from raysl.config import _validation_message, parse_overrides, set_dotted
     from raysl.data.prepare import read_manifest
+    from raysl.data.rows import channels_of
     from raysl.methods import build_method
     from raysl.storage import write_text
     from raysl.training.evaluation import (
@@ -334,7 +387,7 @@ def command_eval(args: argparse.Namespace) -> None:
     check_evaluation(run, data_uri, pool_uris)
     manifest = read_manifest(data_uri)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    method = build_method(run, manifest["image_shape"][2])
+    method = build_method(run, channels_of(manifest))
     method.load_state_dict(state["method"])
     method.to(device)
     options = FeatureOptions(
@@ -359,11 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser("prepare", help="turn a raw dataset into Parquet shards + manifest")
-    prepare.add_argument("kind", choices=KINDS)
-    prepare.add_argument("source", nargs="?", help="raw files' directory (fashion-mnist: Debian's by default)")
+    # parquet and webdataset are prepare-only sources (converted into raysl's encoded layout; run configs
+    # cannot name them): the same names as raysl.data.prepare.KINDS, without importing pyarrow here
+    prepare.add_argument("kind", choices=(*KINDS, "parquet", "webdataset"))
+    prepare.add_argument("source", nargs="?", help="raw files' directory (fashion-mnist: Debian's by default); "
+                         "parquet/webdataset: a directory or glob of .parquet / .tar files")
     prepare.add_argument("--out", required=True, help="output directory or URI (s3://, gs://)")
-    prepare.add_argument("--image-size", type=int, help="resize every image to SIZE x SIZE")
-    prepare.add_argument("--test-fraction", type=float, default=0.1, help="image folders without train/test dirs")
+    prepare.add_argument("--mode", choices=("auto", "encoded", "pixels"), default="auto",
+                         help="storage: encoded image files, or fixed-shape pixels (auto: pixels for idx/CIFAR, "
+                         "--image-size, or folders of one size <= 64 px; else encoded)")
+    prepare.add_argument("--image-size", type=int, help="resize every image to SIZE x SIZE (pixels)")
+    prepare.add_argument("--max-side", type=int, default=512,
+                         help="encoded: shrink images whose long side is larger (default 512; 0: no limit)")
+    prepare.add_argument("--quality", type=int, default=90, help="encoded: JPEG quality of re-encoded images (default 90)")
+    prepare.add_argument("--classes", metavar="FILE", help="image folders: keep only the class folders listed "
+                         "in FILE (one a line, # comments)")
+    prepare.add_argument("--image-column", default="image", help="parquet: the column of encoded image bytes")
+    prepare.add_argument("--label-column", default="label", help="parquet: the label column (int or string)")
+    prepare.add_argument("--test-fraction", type=float, default=0.1,
+                         help="the share of each class held out when the source has no val/validation/test split")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--strict", action="store_true", help="any undecodable image is an error")
     prepare.add_argument("--download", action="store_true", help="fetch the raw files first (needs internet)")
@@ -381,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("config", help="YAML file")
         command.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (value is YAML); repeatable")
         command.add_argument("--smoke", action="store_true", help="a few hundred images, one epoch (two trials for a sweep)")
+        command.add_argument("--verify-data", action="store_true",
+                             help="also check every shard's sha256 against the manifest (reads every byte; sizes are always checked)")
         command.set_defaults(handler=handler)
         if name == "sweep":
             command.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")

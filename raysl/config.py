@@ -357,6 +357,12 @@ class EvaluationConfig(Schema):
     """After the last epoch, also run the full evaluation (kNN top-1/top-5 and the linear probe, per label
     set, budget and pool dataset) and write eval.json into the final checkpoint (a sweep's report plots it)."""
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
+    """Encoded (variable-size) datasets: the side of the evaluation images (None: the first global crop's
+    size, the training size). Fixed-shape datasets are evaluated at their own shape, as before."""
+    crop_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.875
+    """Encoded datasets' evaluation transform: the short side resized to image_size / crop_fraction, then a
+    centre crop of image_size (0.875: 256 -> 224, the ImageNet evaluation convention)."""
 
     def feature_batch(self, device_type: str) -> int:
         """batch_size, or its default for this kind of device ("cpu", "cuda", ...)."""
@@ -427,6 +433,11 @@ class RunConfig(Schema):
     last checkpoint (-1: without limit). A non-finite loss is never retried."""
     storage_path: str = "./results"
     name: str = "train"
+
+    @property
+    def eval_size(self) -> int:
+        """The side of an encoded dataset's evaluation images: evaluation.image_size, else the first global crop's."""
+        return self.evaluation.image_size or next(spec.size for spec in self.views.crops if spec.role == "global")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -109,3 +109,20 @@ def moto_s3(bucket: str):
             yield env
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def variable_folder(tmp_path_factory) -> Path:
+    """A labeled folder of variable-size JPEG/PNG images in ImageNet's layout (train/<class>, val/<class>):
+    raysl.data.synthetic, 400 train / 100 val, 48-160 px sides."""
+    from raysl.data.synthetic import make_folder
+
+    return make_folder(tmp_path_factory.mktemp("folder") / "images", train=400, val=100, min_side=48, max_side=160, workers=2)
+
+
+@pytest.fixture(scope="session")
+def encoded_dataset(variable_folder, tmp_path_factory) -> str:
+    """variable_folder prepared in encoded mode (the default for mixed sizes)."""
+    out = tmp_path_factory.mktemp("encoded") / "prepared"
+    prepare("image-folder", str(variable_folder), str(out), progress=False, workers=2)
+    return str(out)

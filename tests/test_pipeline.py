@@ -70,7 +70,7 @@ def test_the_rows_of_a_batch_change_from_epoch_to_epoch(local_ray, tiny_dataset)
     configure_data_context(run)
     plan = plan_pretraining(run, tiny_dataset)
     dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
-    batches = _view_batches(dataset, run.batch_size, run.views, torch.device("cpu"))
+    batches = _view_batches(dataset, run.batch_size, run.views, torch.device("cpu"), plan)
     steps = plan.epoch_images // run.batch_size
 
     def together() -> set[tuple[bytes, bytes]]:  # the pairs of images that shared a batch this epoch
@@ -106,7 +106,7 @@ def test_views_made_by_the_trainer_come_from_decoded_images(local_ray, tiny_data
     configure_data_context(run)
     plan = plan_pretraining(run, tiny_dataset)
     dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
-    batches = list(_view_batches(dataset, 100, run.views, torch.device("cpu")))
+    batches = list(_view_batches(dataset, 100, run.views, torch.device("cpu"), plan))
     assert len(batches) == 6 and all(len(views) == 2 for views in batches)
     assert all(view.dtype == torch.uint8 and view.shape == (100, 1, 28, 28) for views in batches for view in views)
     delivered = Counter(image.tobytes() for views in batches for image in views[0].permute(0, 2, 3, 1).numpy())

@@ -15,13 +15,28 @@ import numpy as np
 import torch
 
 from raysl.config import ViewsConfig
+from raysl.data.decode import views_from_arrays, views_from_encoded
 from raysl.data.pretraining import PretrainingPlan, decode_images
+from raysl.data.rows import decode_array
 from raysl.data.views import make_views
 from raysl.ray_glue import data_patches
 
 data_patches.install()  # this module is imported wherever the view dataset's plan is unpickled: see data_patches
 
 AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larger blocks to move
+BLOCK_BYTES = 64 * 2**20  # an encoded dataset's output block at most this size (224 px views are 150 KB each)
+MIN_AUGMENT_BATCH = 32
+
+
+def augment_batch(views: ViewsConfig, plan: PretrainingPlan) -> int:
+    """Rows per augmentation call: AUGMENT_BATCH for fixed-shape data (small images); for an encoded dataset as
+    many as keep an output block near BLOCK_BYTES of views (at least MIN_AUGMENT_BATCH, at most AUGMENT_BATCH)."""
+    if not plan.variable:
+        return AUGMENT_BATCH
+    if views.where == "trainer":  # the block holds the encoded files (tens of KB each), not views
+        return 256
+    per_row = sum(spec.count * plan.channels * spec.size**2 for spec in views.crops)
+    return max(MIN_AUGMENT_BATCH, min(AUGMENT_BATCH, BLOCK_BYTES // per_row))
 
 
 class AugmentViews:
@@ -41,6 +56,8 @@ class AugmentViews:
         self.plan = plan
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.plan.variable:
+            return self._variable(batch)
         plan = self.plan
         if plan.selective:
             sources = plan.source_of(batch["path"]) if "path" in batch else None
@@ -59,4 +76,26 @@ class AugmentViews:
                     for index, spec in enumerate(spec for spec in self.views.crops for _ in range(spec.count))}
         images = torch.from_numpy(pixels[order])
         made = make_views(images, self.views, generator)
+        return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
+
+    def _variable(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An encoded dataset's rows: views cropped from each original image (raysl.data.decode), or with
+        views.where: trainer the encoded files themselves, for the Train worker to decode on its device."""
+        plan = self.plan
+        sources = plan.source_of(batch["path"]) if "path" in batch else None
+        rows = plan.variable_rows(batch["image"], batch.get("index"), sources)
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        rows = [rows[index] for index in torch.randperm(len(rows), generator=generator).tolist()]
+        if self.views.where == "trainer":  # encoded rows only (checked before the run starts)
+            column = np.empty(len(rows), dtype=object)
+            column[:] = rows
+            return {"image": column}
+        if not rows:
+            return {f"view_{index}": np.empty((0, plan.channels, spec.size, spec.size), np.uint8)
+                    for index, spec in enumerate(spec for spec in self.views.crops for _ in range(spec.count))}
+        if all(isinstance(row, (bytes, bytearray)) for row in rows):
+            made = views_from_encoded(rows, self.views, generator, plan.channels)
+        else:
+            arrays = [row if isinstance(row, np.ndarray) else decode_array(row, plan.channels) for row in rows]
+            made = views_from_arrays(arrays, self.views, generator)
         return {f"view_{index}": view.numpy() for index, view in enumerate(made)}

@@ -17,6 +17,8 @@ from raysl.config import CorruptionConfig, RunConfig
 from raysl.data.conditions import pretraining_counts, to_shape
 from raysl.data.corruptions import corrupt, describe, resized_shape, sample_grid_png
 from raysl.data.prepare import load_labels, load_split, read_manifest, split_files
+from raysl.data.shards import DamagedShardError, find_damage
+from raysl.data.rows import channels_of, decode_array, is_encoded, split_tables
 from raysl.storage import write_bytes
 
 # Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two
@@ -28,17 +30,32 @@ DATASET_INDEX_STRIDE = 1 << 40
 class PoolSource:
     name: str
     uri: str
-    shape: tuple[int, int, int]
+    shape: tuple[int, int, int] | None
+    """(H, W, C) of a pixels dataset's rows; None for an encoded dataset (files of any size)."""
     files: list[str]
     counts: np.ndarray | None
+    channels: int = 0
+
+    @property
+    def encoded(self) -> bool:
+        return self.shape is None
 
 
 @dataclass
 class PretrainingPlan:
     shape: tuple[int, int, int]
+    """The main dataset's (H, W, C); for an encoded main dataset (S, S, C) at its evaluation size, which is
+    what a fixed-shape pool dataset is brought to before its crops are taken."""
     sources: list[PoolSource]
     epoch_images: int
     corruption: CorruptionConfig
+    variable: bool = False
+    """The main dataset is encoded: views are cropped from each original image (raysl.data.decode), and
+    rows reach the view maker one image at a time (`variable_rows`), not as one (N, H, W, C) array."""
+
+    @property
+    def channels(self) -> int:
+        return self.shape[2]
 
     @property
     def selective(self) -> bool:
@@ -80,11 +97,67 @@ class PretrainingPlan:
             keep = np.repeat(np.arange(rows.size), repeats)
             if keep.size == 0:
                 continue
-            parts.append(self.condition(number, decode_images([images[row] for row in rows[keep]], source.shape), index[keep]))
+            parts.append(self.condition(number, source_pixels(source, [images[row] for row in rows[keep]], self.shape), index[keep]))
         if not parts:
             size = self.corruption.resize
             return np.empty((0, *(resized_shape(*self.shape[:2], size) if size else self.shape[:2]), self.shape[2]), np.uint8)
         return np.concatenate(parts)
+
+
+    def variable_rows(self, images: list[bytes] | np.ndarray, indices: np.ndarray | None,
+                      sources: np.ndarray | None = None) -> list[bytes | np.ndarray]:
+        """Rows -> this epoch's pretraining images, one entry each (repeats included), for an encoded main
+        dataset: an encoded row stays its file's bytes (decoded where its crops are taken, at reduced size
+        when that pays) unless it is corrupted; a pixels row (a fixed-shape pool dataset) becomes uint8
+        (H, W, C) in the main dataset's channels; a corrupted row is decoded and corrupted (fixed per image)."""
+        if not self.selective:
+            return list(images)
+        sources = np.zeros(len(images), np.int64) if sources is None else sources
+        out: list[bytes | np.ndarray] = []
+        for number, source in enumerate(self.sources):
+            rows = np.flatnonzero(sources == number)
+            if rows.size == 0:
+                continue
+            index = np.asarray(indices)[rows]
+            repeats = source.counts[index] if source.counts is not None else np.ones(rows.size, np.int64)
+            for row, row_index, times in zip(rows, index, repeats):
+                if times == 0:
+                    continue
+                item = images[row]
+                if not source.encoded or self.corruption.active:
+                    pixels = (decode_array(item, self.channels) if source.encoded
+                              else np.frombuffer(item, np.uint8).reshape(source.shape))
+                    pixels = to_shape(pixels[None], (*pixels.shape[:2], self.channels))
+                    item = corrupt(pixels, np.array([row_index + number * DATASET_INDEX_STRIDE]), self.corruption)[0]
+                out.extend([item] * int(times))
+        return out
+
+
+def guarded_batches(batches, plan: PretrainingPlan, on_damage=None):
+    """`batches`, but when making them fails (a read, or decoding a stored file), look for a damaged shard
+    among the plan's datasets (each shard's size and sha256 against the manifest, then the row group that
+    fails to read): if one is found, `on_damage(message)` (e.g. record it so a retry stops at once) and raise
+    DamagedShardError naming it and how to re-prepare; else the original error goes on."""
+    try:
+        yield from batches
+    except DamagedShardError:
+        raise
+    except Exception as error:
+        message = damage_report(plan)
+        if not message:
+            raise
+        if on_damage is not None:
+            on_damage(message)
+        raise DamagedShardError(message) from error
+
+
+def damage_report(plan: PretrainingPlan) -> str:
+    """The first damaged shard of the plan's datasets, as a message ('' when every shard checks and reads)."""
+    for source in plan.sources:
+        message = find_damage(source.uri, read_manifest(source.uri))
+        if message:
+            return message
+    return ""
 
 
 def _bare(path: str) -> str:
@@ -97,10 +170,29 @@ def decode_images(column: list[bytes] | np.ndarray, shape: tuple[int, int, int])
     return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
 
 
+def source_pixels(source: PoolSource, column: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+    """A fixed-shape main dataset's rows of one source as uint8 (N, H, W, C): a pixels source in its own shape
+    (the plan's condition brings it to `shape`), an encoded one through the evaluation transform at `shape`
+    (the same way it is evaluated)."""
+    if not source.encoded:
+        return decode_images(column, source.shape)
+    from raysl.data.decode import eval_images
+
+    return to_shape(eval_images(list(column), shape[0], shape[2]), shape)
+
+
+def main_shape(run: RunConfig, manifest: dict) -> tuple[int, int, int]:
+    """The shape every dataset of a run is brought to for evaluation (and fixed-shape pretraining): the main
+    dataset's own, or for an encoded one (eval_size, eval_size, channels)."""
+    if is_encoded(manifest):
+        return (run.eval_size, run.eval_size, channels_of(manifest))
+    return tuple(manifest["image_shape"])
+
+
 def plan_pretraining(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple[str, ...] = ()) -> PretrainingPlan:
     """Read the labels and sizes the plan needs (not the images) and fix what every epoch pretrains on."""
     manifest = read_manifest(data_uri)
-    shape = tuple(manifest["image_shape"])
+    shape = main_shape(run, manifest)
     uris = [data_uri, *pool_uris]
     names = [run.data.label, *(entry.label for entry in run.data.pool)]
     manifests = [manifest, *(read_manifest(uri) for uri in pool_uris)]
@@ -116,17 +208,25 @@ def plan_pretraining(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple
         if run.data.train_limit and run.data.train_limit < total:  # the first train_limit rows, each once
             counts = [(np.arange(total) < run.data.train_limit).astype(np.int32)]
     sources = [
-        PoolSource(name, uri, tuple(m["image_shape"]), split_files(uri, "train"), count)
+        PoolSource(name, uri, None if is_encoded(m) else tuple(m["image_shape"]), split_files(uri, "train"), count,
+                   channels_of(m))
         for name, uri, m, count in zip(names, uris, manifests, counts)
     ]
-    return PretrainingPlan(shape, sources, epoch_images, run.data.corruption)
+    return PretrainingPlan(shape, sources, epoch_images, run.data.corruption, variable=is_encoded(manifest))
 
 
 def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
     """Every image one epoch pretrains on (repeats included), in memory: for in-process training."""
+    if plan.variable:
+        raise ValueError("an encoded dataset's epoch is streamed (raysl.training.local), never held in memory")
     parts = []
     for number, source in enumerate(plan.sources):
-        images, _ = load_split(source.uri, "train")
+        if source.encoded:  # a fixed-shape main dataset pooled with an encoded one
+            manifest = read_manifest(source.uri)
+            images = np.concatenate([source_pixels(source, table.column("image").to_pylist(), plan.shape)
+                                     for table in split_tables(source.uri, manifest, "train", ["image"])])
+        else:
+            images, _ = load_split(source.uri, "train")
         rows = np.arange(len(images))
         if source.counts is not None:  # a subset, a pool share or train_limit; None: every row once
             rows = np.repeat(rows, source.counts)

@@ -1,4 +1,5 @@
-"""One measured fix to Ray Data 2.60's streaming executor, applied in every process that runs a view dataset.
+"""Two fixes to Ray Data 2.60, applied in every process that builds or runs a view dataset: the streaming
+executor's idle loop (below) and the Parquet reader's sampling (skip_parquet_sampling).
 
 The executor's scheduling loop waits for task completions (`ray.wait`, up to 0.1 s) only while some task
 is active. With none active and none it may start (every CPU reserved by trials, or outputs backpressured
@@ -36,4 +37,28 @@ def install() -> bool:
 
     process_completed_tasks._raysl_idle_sleep = True
     streaming_executor.process_completed_tasks = process_completed_tasks
+    skip_parquet_sampling()
+    return True
+
+
+def skip_parquet_sampling() -> bool:
+    """Ray Data's V1 Parquet reader samples the first batch of a few files in Ray tasks when a dataset is built,
+    to estimate how much larger rows grow in memory, and retries a failed sample 3 times (OSError) with a
+    traceback each. raysl's shards hold binary columns that do not grow when read, and a damaged shard must
+    fail once and be named (raysl.ray_glue.train.guarded_batches), not be retried. Without the samples Ray
+    uses its defaults (an over-estimate: safe) and the read tasks themselves fail once. False if Ray's layout
+    differs (nothing changed)."""
+    try:
+        from ray.data._internal.datasource import parquet_datasource
+    except ImportError:
+        return False
+    original = getattr(parquet_datasource, "_fetch_file_infos", None)
+    if original is None or getattr(original, "_raysl_skip", False):
+        return original is not None
+
+    def fetch_file_infos(sampled_fragments, **kwargs):
+        return [None] * len(sampled_fragments)
+
+    fetch_file_infos._raysl_skip = True
+    parquet_datasource._fetch_file_infos = fetch_file_infos
     return True

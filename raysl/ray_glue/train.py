@@ -19,9 +19,11 @@ import ray.train.torch
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.data.augment import AUGMENT_BATCH, AugmentViews
+from raysl.data.augment import AugmentViews, augment_batch
 from raysl.data.prepare import read_manifest
-from raysl.data.pretraining import PretrainingPlan, plan_pretraining
+from raysl.data.pretraining import PretrainingPlan, damage_report, guarded_batches, plan_pretraining
+from raysl.data.rows import channels_of
+from raysl.data.shards import DamagedShardError
 from raysl.data.views import make_views
 from raysl.storage import read_text, write_text
 from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
@@ -30,6 +32,9 @@ from raysl.training.loop import CheckpointError, NonFiniteLossError, Trainer
 # Written next to a run's checkpoints when its loss went non-finite: a restarted run (Train's or Tune's
 # retry) stops at once with the same message instead of training into the same NaN again.
 NONFINITE_MARKER = "nonfinite.txt"
+# Written there when a read failed on a damaged shard: retries would read the same bytes, so a restarted
+# run stops at once with the message that names the shard.
+DAMAGED_MARKER = "damaged_shard.txt"
 EVAL_FILE = "eval.json"  # the full evaluation's results, inside the checkpoint directory they score
 
 
@@ -79,7 +84,7 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan, epochs: int = 1) -
     dataset = dataset.map_batches(
         AugmentViews,
         fn_constructor_kwargs={"views": run.views.model_dump(mode="json"), "plan": plan},
-        batch_size=AUGMENT_BATCH,
+        batch_size=augment_batch(run.views, plan),
         batch_format="numpy",
         num_cpus=run.resources.data_cpus,
         compute=ray.data.ActorPoolStrategy(size=run.resources.data_actors),
@@ -94,13 +99,13 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan, epochs: int = 1) -
     return dataset
 
 
-def shuffle_buffer(batch_size: int) -> int | None:
+def shuffle_buffer(batch_size: int, block_rows: int = 1024) -> int | None:
     """The consumer's local shuffle buffer for batches of `batch_size` rows: none while a batch is at most a
-    quarter of an augmentation block (the actor's row order already varies it), else 4 batches."""
-    return None if 4 * batch_size <= AUGMENT_BATCH else 4 * batch_size
+    quarter of an augmentation block of `block_rows` (the actor's row order already varies it), else 4 batches."""
+    return None if 4 * batch_size <= block_rows else 4 * batch_size
 
 
-def _view_batches(shard, batch_size: int, views: ViewsConfig, device: torch.device):
+def _view_batches(shard, batch_size: int, views: ViewsConfig, device: torch.device, plan: PretrainingPlan):
     """This worker's batches of views (a list of uint8 (n, C, S, S) tensors on `device`).
 
     Blocks arrive in random shard order, their rows in a fresh random order the augmentation actor drew, so
@@ -109,9 +114,18 @@ def _view_batches(shard, batch_size: int, views: ViewsConfig, device: torch.devi
     it cost the consumer 3.5x the rest of the iteration (0.87 s against 0.24 s per 60k epoch, batches of 128,
     2 cores). Pinned host memory when the device is a GPU. With views.where: trainer the batches hold
     images, and the views are made here, on the device, by the same view maker the augmentation actors run."""
+    buffer = shuffle_buffer(batch_size, augment_batch(views, plan))
+    if plan.variable and views.where == "trainer":  # encoded files: decoded here (nvjpeg on a GPU)
+        from raysl.data.decode import views_on_device
+
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                        prefetch_batches=2, local_shuffle_buffer_size=buffer):
+            yield views_on_device(batch["image"], views, generator, plan.channels, device)
+        return
     batches = shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, prefetch_batches=2,
-        local_shuffle_buffer_size=shuffle_buffer(batch_size), device=device, pin_memory=device.type == "cuda",
+        local_shuffle_buffer_size=buffer, device=device, pin_memory=device.type == "cuda",
     )
     if views.where == "trainer":
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # fresh views per run and rank
@@ -135,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps_per_epoch = loop_config["epoch_images"] // run.batch_size
     trainer = Trainer(
         run,
-        in_channels=manifest["image_shape"][2],
+        in_channels=channels_of(manifest),
         mean=manifest["mean"],
         std=manifest["std"],
         steps_per_epoch=steps_per_epoch,
@@ -148,18 +162,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     earlier = read_text(marker)
     if earlier:
         raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)")
+    damaged_marker = f"{loop_config['run_dir']}/{DAMAGED_MARKER}"
+    damaged = read_text(damaged_marker)
+    if damaged:
+        raise DamagedShardError(f"{damaged} (recorded in {damaged_marker}; not retried)")
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         restore(trainer, checkpoint, log=(lambda text: print(f"[{label}] {text}", flush=True)) if rank == 0 else (lambda text: None))
     # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
     # resume shows in Tune's results and the run's result, not only in worker logs.
     started_at = trainer.epoch
-    eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
+    try:
+        eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
+    except DamagedShardError as error:  # the kNN bank reads the train split's shards first
+        write_text(damaged_marker, str(error))
+        raise
     shard = ray.train.get_dataset_shard("train")
+    plan = plan_pretraining(run, data_uri, pool_uris)
     batches = None
     while trainer.epoch < run.epochs:
         if batches is None or loop_config.get("epochs_per_execution", 1) == 1:
-            batches = _view_batches(shard, run.batch_size // world_size, run.views, device)  # the next execution
+            batches = guarded_batches(  # the next execution
+                _view_batches(shard, run.batch_size // world_size, run.views, device, plan), plan,
+                on_damage=lambda message: write_text(damaged_marker, message))
         try:
             metrics = trainer.train_epoch(batches)  # takes steps_per_epoch batches, leaves the rest for the next
         except NonFiniteLossError as error:
@@ -277,9 +302,20 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
-        datasets={"train": build_view_dataset(run, plan, epochs_per_execution(run, plan))},
+        datasets={"train": view_dataset_or_damage(run, plan)},
         dataset_config=ray.train.DataConfig(datasets_to_split=datasets_to_split(resources.workers)),
     )
+
+
+def view_dataset_or_damage(run: RunConfig, plan: PretrainingPlan) -> ray.data.Dataset:
+    """build_view_dataset; when building it fails (Ray reads every shard's footer), the damaged shard named."""
+    try:
+        return build_view_dataset(run, plan, epochs_per_execution(run, plan))
+    except Exception:
+        message = damage_report(plan)
+        if message:
+            raise DamagedShardError(message) from None
+        raise
 
 
 def datasets_to_split(workers: int) -> list[str] | str:

@@ -22,6 +22,7 @@ from raysl.config import EvaluationConfig, RunConfig
 from raysl.data.conditions import budget_indices, budget_name, to_shape
 from raysl.data.labelsets import LabelSet, resolve_label_set
 from raysl.data.prepare import load_labels, load_split, read_manifest
+from raysl.data.rows import is_encoded, load_eval_split
 from raysl.errors import UserError
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
 from raysl.training.probe import probe_accuracy, train_linear_probe
@@ -48,8 +49,10 @@ def label_sets_of(run: RunConfig, manifest: dict) -> list[LabelSet]:
 def load_eval_sets(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple[str, ...] = ()) -> list[EvalSet]:
     """The main dataset's evaluation set (its label sets), then one per pool dataset (its `label`), all in the
     main dataset's image shape; evaluation.bank_limit / query_limit keep the first N rows."""
+    from raysl.data.pretraining import main_shape
+
     manifest = read_manifest(data_uri)
-    shape = manifest["image_shape"]
+    shape = main_shape(run, manifest)
     limits = run.evaluation.bank_limit, run.evaluation.query_limit
     sets = []
     sources = [(run.data.label, data_uri, label_sets_of(run, manifest))]
@@ -57,8 +60,13 @@ def load_eval_sets(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple[s
         sources.append((entry.label, uri, [resolve_label_set("label", read_manifest(uri), field=f"data.pool {entry.label}")]))
     for name, uri, label_sets in sources:
         columns = sorted({label_set.column for label_set in label_sets})
+        dataset_manifest = read_manifest(uri)
         split_data = {}
         for split, limit in zip(("train", "test"), limits):
+            if is_encoded(dataset_manifest):  # the evaluation transform: short side resized, centre crop
+                split_data[split] = load_eval_split(uri, dataset_manifest, split, shape, limit=limit, label_columns=columns,
+                                                    crop_fraction=run.evaluation.crop_fraction)
+                continue
             images, labels = load_split(uri, split, limit=limit, label_column=columns[0])
             others = {column: load_labels(uri, split, column)[: len(labels)] for column in columns[1:]}
             split_data[split] = (to_shape(images, shape), {columns[0]: labels, **others})

@@ -10,11 +10,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
 from raysl.data.prepare import read_manifest
-from raysl.data.pretraining import in_memory_epoch_images, plan_pretraining
+from raysl.data.decode import views_from_arrays, views_from_encoded
+from raysl.data.pretraining import PretrainingPlan, guarded_batches, in_memory_epoch_images, plan_pretraining
+from raysl.data.rows import channels_of
 from raysl.data.views import make_views
 from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
 from raysl.training.loop import Trainer
@@ -29,17 +32,53 @@ def in_process_batches(
         yield make_views(images[order[start : start + batch_size]], views, generator)
 
 
+def streamed_batches(
+    plan: PretrainingPlan, batch_size: int, views: ViewsConfig, generator: torch.Generator, window: int = 8
+) -> Iterator[list[torch.Tensor]]:
+    """One epoch of view batches (drop_last) of an encoded dataset, read shard by shard (memory: `window`
+    batches of encoded rows): shards in a random order, rows shuffled within a window, views cropped from
+    each original image as Ray Data's actors do."""
+    from raysl.data.rows import decode_array, split_tables
+
+    pending: list = []
+    manifests = [read_manifest(source.uri) for source in plan.sources]
+    shards = [(number, shard) for number, manifest in enumerate(manifests) for shard in manifest["splits"]["train"]["shards"]]
+    columns = ["image", "index"] if plan.selective else ["image"]
+
+    def emit(rows: list, final: bool) -> Iterator[list[torch.Tensor]]:
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        rows[:] = [rows[index] for index in order]
+        while len(rows) >= batch_size and (final or len(rows) >= window * batch_size):
+            chunk, rows[:] = rows[:batch_size], rows[batch_size:]
+            if all(isinstance(row, (bytes, bytearray)) for row in chunk):
+                yield views_from_encoded(chunk, views, generator, plan.channels)
+            else:
+                yield views_from_arrays([row if isinstance(row, np.ndarray) else decode_array(row, plan.channels)
+                                         for row in chunk], views, generator)
+
+    for position in torch.randperm(len(shards), generator=generator).tolist():
+        number, shard = shards[position]
+        single = {**manifests[number], "splits": {"train": {"shards": [shard]}}}
+        for table in split_tables(plan.sources[number].uri, single, "train", columns):
+            indices = table.column("index").to_numpy() if "index" in columns else None
+            pending.extend(plan.variable_rows(table.column("image").to_pylist(), indices,
+                                              np.full(table.num_rows, number, np.int64)))
+            yield from emit(pending, final=False)
+    yield from emit(pending, final=True)
+
+
 def train_in_process(
     run: RunConfig, data_uri: str, *, pool_uris: list[str] | tuple[str, ...] = (), git_commit: str = "unknown", log=print
 ) -> str:
     """Train `run` on a prepared dataset (and its pool); checkpoint every epoch under storage_path/name
     (resumes from it); with evaluation.final, write eval.json there after the last epoch."""
     manifest = read_manifest(data_uri)
-    images = torch.from_numpy(in_memory_epoch_images(plan_pretraining(run, data_uri, pool_uris)))
+    plan = plan_pretraining(run, data_uri, pool_uris)
+    images = None if plan.variable else torch.from_numpy(in_memory_epoch_images(plan))
     eval_sets = load_eval_sets(run, data_uri, pool_uris)
     trainer = Trainer(
-        run, manifest["image_shape"][2], manifest["mean"], manifest["std"],
-        steps_per_epoch=images.shape[0] // run.batch_size, git_commit=git_commit,
+        run, channels_of(manifest), manifest["mean"], manifest["std"],
+        steps_per_epoch=plan.epoch_images // run.batch_size, git_commit=git_commit,
     )
     output = Path(os.path.expanduser(run.storage_path)).resolve() / run.name
     output.mkdir(parents=True, exist_ok=True)
@@ -48,7 +87,9 @@ def train_in_process(
         log(f"resumed from {output} after epoch {trainer.epoch}")
     generator = torch.Generator().manual_seed(run.seed + trainer.epoch)
     while trainer.epoch < run.epochs:
-        metrics = trainer.train_epoch(in_process_batches(images, run.batch_size, run.views, generator))
+        batches = (guarded_batches(streamed_batches(plan, run.batch_size, run.views, generator), plan) if plan.variable
+                   else in_process_batches(images, run.batch_size, run.views, generator))
+        metrics = trainer.train_epoch(batches)
         metrics.update(trainer.evaluate(eval_sets))
         trainer.save(output)
         if run.evaluation.final and trainer.epoch == run.epochs:

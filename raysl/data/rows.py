@@ -1,0 +1,84 @@
+"""A prepared split's rows, whatever its storage: fixed-shape pixels (`storage: pixels`, idx / CIFAR /
+`--image-size` folders) or encoded files of any size (`storage: encoded`). Reads go shard by shard through
+raysl.data.shards, so memory is bounded by a shard and a damaged shard names itself.
+
+Evaluation images of an encoded dataset are made by the standard evaluation transform (raysl.data.decode.
+eval_images: the short side resized to size / crop_fraction, then a centre crop of size x size; 224 from 256
+at the default 0.875), so the kNN monitor, the probe and `raysl eval` see one fixed shape either way.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from raysl.data.conditions import to_shape
+from raysl.data.shards import read_table
+from raysl.data.sources import open_filesystem
+
+
+def is_encoded(manifest: dict) -> bool:
+    return manifest.get("storage") == "encoded"
+
+
+def channels_of(manifest: dict) -> int:
+    """1 (gray) or 3 (RGB): the model's input channels for this dataset."""
+    return int(manifest.get("channels") or manifest["image_shape"][2])
+
+
+def split_tables(uri: str, manifest: dict, split: str, columns: list[str], limit: int | None = None) -> Iterator[pa.Table]:
+    """The split's shards as Arrow tables of `columns`, in order; with `limit`, only the first `limit` rows."""
+    filesystem, root = open_filesystem(uri)
+    count = 0
+    for shard in manifest["splits"][split]["shards"]:
+        if limit is not None and count >= limit:
+            return
+        table = read_table(filesystem, f"{root}/{shard}", columns, uri=uri, shard=shard, manifest=manifest)
+        if limit is not None:
+            table = table.slice(0, limit - count)
+        count += table.num_rows
+        yield table
+
+
+def decode_array(data: bytes, channels: int) -> np.ndarray:
+    """One stored file (upright, RGB or L) as uint8 (H, W, channels)."""
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    return pixels[..., None] if channels == 1 else pixels
+
+
+def decode_pixels(column: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
+    """Raw pixel bytes per row (a pixels dataset's `image` column) as one uint8 array (N, H, W, C)."""
+    return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
+
+
+def eval_pixels(manifest: dict, column: Sequence[bytes], shape: Sequence[int], crop_fraction: float) -> np.ndarray:
+    """A batch of rows of a dataset as evaluation images in `shape` (H, W, C): pixels datasets resized as the
+    domain pool's rule says (to_shape); encoded ones through the evaluation transform at H (square), then
+    brought to C channels (and to W when H != W)."""
+    if not is_encoded(manifest):
+        return to_shape(decode_pixels(column, manifest["image_shape"]), shape)
+    from raysl.data.decode import eval_images
+
+    height, width, channels = (int(size) for size in shape)
+    images = eval_images(list(column), height, channels_of(manifest), crop_fraction=crop_fraction)
+    return to_shape(images, (height, width, channels))
+
+
+def load_eval_split(uri: str, manifest: dict, split: str, shape: Sequence[int], *, limit: int | None,
+                    label_columns: Sequence[str], crop_fraction: float = 0.875) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A split's first `limit` rows as evaluation images uint8 (N, *shape) and their label columns (int64)."""
+    images, labels = [], {column: [] for column in label_columns}
+    for table in split_tables(uri, manifest, split, ["image", *label_columns], limit):
+        if table.num_rows == 0:
+            continue
+        images.append(eval_pixels(manifest, table.column("image").to_pylist(), shape, crop_fraction))
+        for column in label_columns:
+            labels[column].append(table.column(column).to_numpy().astype(np.int64))
+    if not images:
+        return np.empty((0, *shape), np.uint8), {column: np.empty(0, np.int64) for column in label_columns}
+    return np.concatenate(images), {column: np.concatenate(parts) for column, parts in labels.items()}
