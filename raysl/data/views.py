@@ -86,24 +86,29 @@ def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast (and for colour images saturation, hue) with views.color_jitter.prob per image."""
+    """Brightness, contrast (and for colour images saturation, hue) with views.color_jitter.prob per image.
+
+    In place on one new tensor (a new 38 MB tensor per step cost more in page faults than the arithmetic for
+    64 views of 224 px); the values are those of the step-by-step formulas."""
     jitter = views.color_jitter
     n, channels = images.shape[:2]
     device = images.device
-    apply = _bernoulli(n, jitter.prob, generator, device).view(n, 1, 1, 1)
-    out = images
+    apply = _bernoulli(n, jitter.prob, generator, device)
     brightness = _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device).view(n, 1, 1, 1)
-    out = (out * brightness).clamp(0, 1)
+    out = (images * brightness).clamp_(0, 1)
     contrast = _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device).view(n, 1, 1, 1)
     mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
-    out = ((out - mean) * contrast + mean).clamp(0, 1)
+    out.sub_(mean).mul_(contrast).add_(mean).clamp_(0, 1)
     if channels == 3:
         saturation = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator, device).view(n, 1, 1, 1)
         gray = _gray(out)
-        out = ((out - gray) * saturation + gray).clamp(0, 1)
+        out.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)
         hue = _uniform(n, -jitter.hue, jitter.hue, generator, device)
-        out = _rotate_hue(out, hue).clamp(0, 1)
-    return torch.where(apply, out, images)
+        out = _rotate_hue(out, hue).clamp_(0, 1)
+    kept = ~apply
+    if kept.any():
+        out[kept] = images[kept]
+    return out
 
 
 def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
@@ -135,8 +140,9 @@ def photometric(images: torch.Tensor, views: ViewsConfig, generator: torch.Gener
     device; float in [0, 1]. Shared by `make_views` and the encoded-image path (raysl.data.decode)."""
     out = color_jitter(images, views, generator)
     if out.shape[1] == 3 and views.grayscale > 0:
-        gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device).view(-1, 1, 1, 1)
-        out = torch.where(gray, _gray(out).expand_as(out), out)
+        gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device)
+        if gray.any():
+            out[gray] = _gray(out[gray]).expand(-1, 3, -1, -1)
     if views.blur.prob > 0:
         out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)
     return out
