@@ -60,6 +60,11 @@ def test_in_process_training_on_an_encoded_folder(encoded_dataset, tmp_path):
     output = train_in_process(run, encoded_dataset, log=lambda text: None)
     metrics = [yaml.safe_load(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["epoch"] == 1 and 0.0 <= metrics[-1]["knn_top1"] <= 1.0 and np.isfinite(metrics[-1]["loss"])
+    # raysl eval of that checkpoint: the same evaluation transform, kNN and the probe
+    result = _raysl("eval", output, "--set", "evaluation.probe.epochs=5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = yaml.safe_load((Path(output) / "eval.json").read_text())["results"]
+    assert rows[0]["bank_size"] == 400 and rows[0]["queries"] == 100 and 0 <= rows[0]["probe_top1"] <= 1
 
 
 def _damaged_copy(encoded_dataset: str, tmp_path: Path, truncate: bool = False) -> tuple[Path, str]:
@@ -121,3 +126,57 @@ def test_ray_run_on_an_encoded_folder_and_a_damaged_shard(encoded_dataset, tmp_p
     assert "row group" in last[-2] and "raysl prepare image-folder" in last[-2] and "not retried" in last[-2]
     assert "retries remaining" not in bad.stdout + bad.stderr  # Ray Data's sampling retries are gone
     assert (tmp_path / "results" / "bad" / "damaged_shard.txt").exists()
+
+
+def test_data_conditions_on_encoded_data(encoded_dataset, tiny_dataset, tmp_path):
+    # A balanced subset of the encoded folder, corrupted, pooled with a fixed-shape dataset (gray 28x28): every
+    # row becomes an image of the main dataset's channels, crops are taken from each; both are evaluated.
+    run = _run(encoded_dataset, data={
+        "path": encoded_dataset, "subset": {"count": 200, "balanced": True},
+        "corruption": {"jpeg_quality": 30, "salt_pepper": 0.01}, "pool": [{"path": tiny_dataset, "name": "tiny", "weight": 1}],
+    })
+    plan = plan_pretraining(run, encoded_dataset, [tiny_dataset])
+    assert plan.variable and plan.epoch_images == 200 and plan.shape == (32, 32, 3)
+    batches = list(streamed_batches(plan, 50, run.views, torch.Generator().manual_seed(0)))
+    assert len(batches) == 4 and all(views[0].shape == (50, 3, 32, 32) for views in batches)
+    sets = load_eval_sets(run, encoded_dataset, [tiny_dataset])
+    assert [s.dataset for s in sets] == ["prepared", "tiny"]
+    assert sets[1].bank_images.shape[1:] == (32, 32, 3)  # the pool dataset in the main dataset's evaluation shape
+
+
+def test_a_fixed_shape_run_can_pool_an_encoded_dataset(encoded_dataset, tiny_dataset):
+    from raysl.data.pretraining import in_memory_epoch_images
+
+    run = RunConfig.model_validate({**SMALL, "views": {"crops": [{"count": 2, "size": 28}]},
+                                    "data": {"path": tiny_dataset, "pool": [{"path": encoded_dataset, "name": "folder"}]}})
+    plan = plan_pretraining(run, tiny_dataset, [encoded_dataset])
+    assert not plan.variable and plan.shape == (28, 28, 1)
+    images = in_memory_epoch_images(plan)
+    assert images.shape == (2000, 28, 28, 1)  # tiny's 2000 split by weight with the folder's images, gray 28x28
+    sets = load_eval_sets(run, tiny_dataset, [encoded_dataset])
+    assert sets[1].query_images.shape == (100, 28, 28, 1)
+
+
+@pytest.mark.slow
+def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset):
+    # Through Ray Data as a Train worker reads it: views made by the actors (views.where: data), or the stored
+    # files handed over and decoded by the worker (views.where: trainer; its CPU fallback here), each image
+    # once per epoch either way.
+    import logging
+
+    import ray
+
+    from raysl.ray_glue.train import _view_batches, build_view_dataset, configure_data_context, epochs_per_execution
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        for where in ("data", "trainer"):
+            run = _run(encoded_dataset, epochs=2, views={"crops": [{"count": 2, "size": 32}], "where": where})
+            configure_data_context(run)
+            plan = plan_pretraining(run, encoded_dataset)
+            dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
+            batches = list(_view_batches(dataset, 50, run.views, torch.device("cpu"), plan))
+            assert len(batches) == 16, where  # 2 epochs of 400 images in batches of 50
+            assert all(len(views) == 2 and views[1].shape == (50, 3, 32, 32) for views in batches), where
+    finally:
+        ray.shutdown()

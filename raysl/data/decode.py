@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from raysl.config import CropSpec, ViewsConfig
-from raysl.data.views import _bernoulli, photometric, to_uint8
+from raysl.data.views import _bernoulli, photometric, photometric_uint8, to_uint8
 
 try:  # the fast JPEG decoder: a wheel that bundles libjpeg-turbo (no system library)
     import simplejpeg
@@ -293,10 +293,13 @@ def _finish(batches: list[torch.Tensor], geometry: _Geometry, views: ViewsConfig
     """uint8 (N, C, S, S) crops per view -> flip, photometric, uint8; in view order."""
     out = []
     for index, batch in enumerate(batches):
-        images = batch.float().div_(255)
-        flip = geometry.flips[:, index].to(images.device).view(-1, 1, 1, 1)
-        images = torch.where(flip, images.flip(-1), images)
-        out.append(to_uint8(photometric(images, views, generator)))
+        rows = geometry.flips[:, index].nonzero().squeeze(1).to(batch.device)
+        if rows.numel():  # flipped in place, the flipped rows only (a torch.where copied the whole batch twice)
+            batch[rows] = batch[rows].flip(-1)
+        if batch.dtype == torch.uint8:  # the CPU path: chunk by chunk through the cache
+            out.append(photometric_uint8(batch, views, generator))
+        else:
+            out.append(to_uint8(photometric(batch.div_(255), views, generator)))
     return out
 
 

@@ -126,9 +126,10 @@ class PretrainingPlan:
                 item = images[row]
                 if not source.encoded or self.corruption.active:
                     pixels = (decode_array(item, self.channels) if source.encoded
-                              else np.frombuffer(item, np.uint8).reshape(source.shape))
-                    pixels = to_shape(pixels[None], (*pixels.shape[:2], self.channels))
-                    item = corrupt(pixels, np.array([row_index + number * DATASET_INDEX_STRIDE]), self.corruption)[0]
+                              else np.frombuffer(item, np.uint8).reshape(source.shape).copy())
+                    if pixels.shape[2] != self.channels:
+                        pixels = to_shape(pixels[None], (*pixels.shape[:2], self.channels))[0]
+                    item = corrupt(pixels[None], np.array([row_index + number * DATASET_INDEX_STRIDE]), self.corruption)[0]
                 out.extend([item] * int(times))
         return out
 

@@ -67,8 +67,9 @@ def crop_grid(scale_x: torch.Tensor, centre_x: torch.Tensor, scale_y: torch.Tens
 def _gray(images: torch.Tensor) -> torch.Tensor:
     if images.shape[1] == 1:
         return images
-    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    # Channel by channel: the same sums as (images * weights).sum(dim=1) without its full-size temporary.
+    red, green, blue = LUMA
+    return images[:, 0:1] * red + images[:, 1:2] * green + images[:, 2:3] * blue
 
 
 def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -85,41 +86,58 @@ def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", transform, images)
 
 
-def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast (and for colour images saturation, hue) with views.color_jitter.prob per image.
+PHOTOMETRIC_CHUNK_BYTES = 4 * 2**20
+"""photometric works through a batch in chunks of about this many bytes of float pixels, so that its dozen
+passes over the pixels run from the cache instead of memory (a whole batch of 224 px views is ~100 MB); small
+images (a batch of 28 px views is ~3 MB) go in one chunk, as before."""
 
-    In place on one new tensor (a new 38 MB tensor per step cost more in page faults than the arithmetic for
-    64 views of 224 px); the values are those of the step-by-step formulas."""
+
+def draw_photometric(n: int, channels: int, views: ViewsConfig, generator: torch.Generator,
+                     device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Every random number the photometric ops of n images take, in their fixed order: colour jitter (apply,
+    brightness, contrast, and for colour images saturation, hue), grayscale (colour images), blur (apply,
+    sigma). Drawn on the CPU generator (see _uniform), then on `device`."""
     jitter = views.color_jitter
-    n, channels = images.shape[:2]
-    device = images.device
-    apply = _bernoulli(n, jitter.prob, generator, device)
-    brightness = _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device).view(n, 1, 1, 1)
-    out = (images * brightness).clamp_(0, 1)
-    contrast = _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device).view(n, 1, 1, 1)
-    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
-    out.sub_(mean).mul_(contrast).add_(mean).clamp_(0, 1)
+    draws = {
+        "jitter": _bernoulli(n, jitter.prob, generator, device),
+        "brightness": _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device),
+        "contrast": _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device),
+    }
     if channels == 3:
-        saturation = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator, device).view(n, 1, 1, 1)
+        draws["saturation"] = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator, device)
+        draws["hue"] = _uniform(n, -jitter.hue, jitter.hue, generator, device)
+        if views.grayscale > 0:
+            draws["gray"] = _bernoulli(n, views.grayscale, generator, device)
+    if views.blur.prob > 0:
+        draws["blur"] = _bernoulli(n, views.blur.prob, generator)
+        draws["sigma"] = _uniform(n, *views.blur.sigma, generator)
+    return draws
+
+
+def _jitter(images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Brightness, contrast (and for colour images saturation, hue) where draws["jitter"]; a new tensor, the
+    steps in place on it (a new tensor per step cost more in page faults than the arithmetic)."""
+    n = images.shape[0]
+    out = (images * draws["brightness"].view(n, 1, 1, 1)).clamp_(0, 1)
+    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
+    out.sub_(mean).mul_(draws["contrast"].view(n, 1, 1, 1)).add_(mean).clamp_(0, 1)
+    if "saturation" in draws:
         gray = _gray(out)
-        out.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)
-        hue = _uniform(n, -jitter.hue, jitter.hue, generator, device)
-        out = _rotate_hue(out, hue).clamp_(0, 1)
-    kept = ~apply
+        out.sub_(gray).mul_(draws["saturation"].view(n, 1, 1, 1)).add_(gray).clamp_(0, 1)
+        out = _rotate_hue(out, draws["hue"]).clamp_(0, 1)
+    kept = ~draws["jitter"]
     if kept.any():
         out[kept] = images[kept]
     return out
 
 
-def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma, applied with probability `prob` per image."""
+def _blur(images: torch.Tensor, apply: torch.Tensor, sigmas: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, sigma per image, where `apply` (others pass an identity kernel: unchanged)."""
     n, channels, height, width = images.shape
-    apply = _bernoulli(n, prob, generator)
-    sigmas = _uniform(n, *sigma, generator)
     if not apply.any():
         return images
     apply, sigmas = apply.to(images.device), sigmas.to(images.device)
-    radius = max(1, min(math.ceil(3 * sigma[1]), (min(height, width) - 1) // 2))
+    radius = max(1, min(math.ceil(3 * max_sigma), (min(height, width) - 1) // 2))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernels = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigmas.view(-1, 1) ** 2))
     kernels = kernels / kernels.sum(dim=1, keepdim=True)
@@ -134,18 +152,71 @@ def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float],
     return flat.view(n, channels, height, width)
 
 
+def apply_photometric(images: torch.Tensor, draws: dict[str, torch.Tensor], views: ViewsConfig) -> torch.Tensor:
+    """Colour jitter, grayscale, blur of float images (n, C, S, S) with their draws (n each); a new tensor."""
+    out = _jitter(images, draws)
+    if "gray" in draws and draws["gray"].any():
+        gray = draws["gray"]
+        out[gray] = _gray(out[gray]).expand(-1, 3, -1, -1)
+    if "blur" in draws:
+        out = _blur(out, draws["blur"], draws["sigma"], views.blur.sigma[1])
+    return out
+
+
+def _chunks(images: torch.Tensor) -> list[slice]:
+    n = images.shape[0]
+    if images.device.type != "cpu":
+        return [slice(0, n)]
+    rows = max(1, PHOTOMETRIC_CHUNK_BYTES // max(1, images[0].numel() * 4))
+    return [slice(start, start + rows) for start in range(0, n, rows)]
+
+
 def photometric(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
     """The photometric part of a view, after the crop and flip: colour jitter, then grayscale (3 channels
     only), then blur, each drawn per image from `generator`, for float images (N, C, S, S) in [0, 1] on any
-    device; float in [0, 1]. Shared by `make_views` and the encoded-image path (raysl.data.decode)."""
-    out = color_jitter(images, views, generator)
-    if out.shape[1] == 3 and views.grayscale > 0:
-        gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device)
-        if gray.any():
-            out[gray] = _gray(out[gray]).expand(-1, 3, -1, -1)
-    if views.blur.prob > 0:
-        out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)
+    device; float in [0, 1], a new tensor. Shared by `make_views` and the encoded-image path (raysl.data.decode).
+    On the CPU in chunks of PHOTOMETRIC_CHUNK_BYTES (the same values: every op is per image)."""
+    draws = draw_photometric(images.shape[0], images.shape[1], views, generator, images.device)
+    parts = _chunks(images)
+    if len(parts) == 1:
+        return apply_photometric(images, draws, views)
+    out = torch.empty_like(images)
+    for part in parts:
+        out[part] = apply_photometric(images[part], {key: value[part] for key, value in draws.items()}, views)
     return out
+
+
+def photometric_uint8(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
+    """photometric of uint8 images (N, C, S, S), uint8 out: each chunk goes uint8 -> float -> ops -> uint8 while
+    in the cache (no float copy of the whole batch). The same values as to_uint8(photometric(float images))."""
+    draws = draw_photometric(images.shape[0], images.shape[1], views, generator, images.device)
+    out = torch.empty_like(images)
+    for part in _chunks(images):
+        chunk = images[part].float().div_(255)
+        out[part] = to_uint8(apply_photometric(chunk, {key: value[part] for key, value in draws.items()}, views))
+    return out
+
+
+def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast (and for colour images saturation, hue) with views.color_jitter.prob per image."""
+    n, channels = images.shape[:2]
+    jitter = views.color_jitter
+    device = images.device
+    draws = {"jitter": _bernoulli(n, jitter.prob, generator, device),
+             "brightness": _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device),
+             "contrast": _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device)}
+    if channels == 3:
+        draws["saturation"] = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator, device)
+        draws["hue"] = _uniform(n, -jitter.hue, jitter.hue, generator, device)
+    return _jitter(images, draws)
+
+
+def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma, applied with probability `prob` per image."""
+    n = images.shape[0]
+    apply = _bernoulli(n, prob, generator)
+    sigmas = _uniform(n, *sigma, generator)
+    return _blur(images, apply, sigmas, sigma[1])
 
 
 def augment(images: torch.Tensor, spec: CropSpec, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
@@ -159,7 +230,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    """Float images in [0, 1] to uint8, in place on `images` (callers pass a tensor of their own)."""
+    return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def make_views(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> list[torch.Tensor]:
