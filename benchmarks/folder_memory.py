@@ -75,10 +75,12 @@ def main() -> None:
             output = process.communicate()[0]
         if process.returncode:
             raise SystemExit(f"raysl train exited {process.returncode}:\n{output[-3000:]}")
-        rows.append((images, prepare_peak, prepare_seconds, dict(sampler.peak)))
-        print(f"  {images} images: prepare {prepare_peak / 2**20:.0f} MiB in {prepare_seconds:.0f} s; "
-              + ", ".join(f"{kind} {sampler.peak.get(kind, 0) / 2**20:.0f} MiB" for kind in KINDS), flush=True)
-    print(f"\npeak memory (MiB; prepare: RSS of the process tree; training: rss - shared per kind), "
+        rows.append((images, prepare_peak, prepare_seconds, dict(sampler.process_peak)))
+        print(f"  {images} images: prepare {prepare_peak / 2**20:.0f} MiB in {prepare_seconds:.0f} s; per kind, all its "
+              "processes together (processes seen): " + ", ".join(
+                  f"{kind} {sampler.peak.get(kind, 0) / 2**20:.0f} MiB ({len(sampler.processes.get(kind, ()))})" for kind in KINDS),
+              flush=True)
+    print(f"\npeak memory (MiB; prepare: RSS of the process tree; training: the largest process of each kind, rss - shared), "
           f"2 epochs at {args.size} px, {os.cpu_count()} cores")
     print(f"{'images':>7s} {'prepare':>8s} " + " ".join(f"{kind:>20s}" for kind in KINDS))
     for images, prepare_peak, _, peaks in rows:

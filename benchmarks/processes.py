@@ -32,6 +32,8 @@ class ProcessSampler(threading.Thread):
         super().__init__(daemon=True)
         self.driver_pid, self.interval, self.stop = driver_pid, interval, threading.Event()
         self.peak: dict[str, int] = defaultdict(int)
+        self.process_peak: dict[str, int] = defaultdict(int)  # the largest single process of each kind
+        self.processes: dict[str, set[int]] = defaultdict(set)
         self.first_cpu: dict[int, float] = {}
         self.last_cpu: dict[int, tuple[str, float]] = {}
 
@@ -47,6 +49,8 @@ class ProcessSampler(threading.Thread):
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 now[kind] += memory.rss - memory.shared
+                self.process_peak[kind] = max(self.process_peak[kind], memory.rss - memory.shared)
+                self.processes[kind].add(process.pid)
                 used = times.user + times.system
                 self.first_cpu.setdefault(process.pid, used)
                 self.last_cpu[process.pid] = (kind, used)

@@ -40,7 +40,7 @@ from raysl.data.sources import _to_uint8, read_bytes
 DEFAULT_MAX_SIDE = 512  # ImageNet's photos are mostly <= 500 px: kept byte-for-byte; larger ones are shrunk
 DEFAULT_QUALITY = 90
 SHARD_ROWS = 10_000
-SHARD_BYTES = 256 * 2**20  # image bytes per shard
+SHARD_BYTES = 64 * 2**20  # image bytes per shard: a read task holds about one shard (benchmarks/folder_memory.py)
 ROW_GROUP_ROWS = 256
 AUTO_SAMPLE = 256  # auto mode reads the headers of this many images
 AUTO_PIXELS_MAX_SIDE = 64

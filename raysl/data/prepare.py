@@ -15,7 +15,7 @@ Two storages, recorded as the manifest's `storage` (a manifest without it is "pi
 - "encoded" (image folders otherwise, Parquet and WebDataset sources): `image` (binary: a JPEG/PNG/WebP
   file, RGB or L, upright), `width`, `height` (int32, as stored), `label`, `index`; `image_shape` is null,
   `max_side`, `quality` and `sizes` ({"width"/"height": [min, median, max]}) describe the images. See
-  raysl.data.encoded. Shards hold at most 10,000 rows or about 256 MB of images, in row groups of 256 rows.
+  raysl.data.encoded. Shards hold at most 10,000 rows or about 64 MB of images, in row groups of 256 rows.
 
 Every manifest also has `channels` (1 or 3), `class_names` (index = label id), `class_ids` ({name: id}),
 `split_folders` (which source folders became train/test, which were ignored), `mean`/`std` (per channel,
