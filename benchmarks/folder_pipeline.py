@@ -15,15 +15,16 @@ with 1 CPU); the consumer is this process in both.
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 BATCH = 64
 
 
@@ -77,28 +78,16 @@ def dataloader_images_per_s(folder: Path, size: int, workers: int, epochs: int) 
 
 
 def ray_images_per_s(data_uri: str, size: int, workers: int, epochs: int) -> float:
+    from pipeline import ray_images_per_s as delivered_per_s  # benchmarks/pipeline.py: the same consumer
+
     from raysl.config import RunConfig
-    from raysl.data.pretraining import plan_pretraining
-    from raysl.ray_glue.train import build_view_dataset, configure_data_context, shuffle_buffer
-    from raysl.data.augment import augment_batch
 
     run = RunConfig.model_validate({
         "data": {"path": data_uri}, "batch_size": BATCH,
         "views": {"crops": [{"count": 2, "size": size, "scale": [0.2, 1.0]}]},
         "resources": {"data_actors": workers, "data_cpus": 1},
     })
-    configure_data_context(run)
-    plan = plan_pretraining(run, data_uri)
-    dataset = build_view_dataset(run, plan, epochs=epochs + 1)
-    batches = iter(dataset.iter_torch_batches(batch_size=BATCH, drop_last=True, prefetch_batches=2,
-                                              local_shuffle_buffer_size=shuffle_buffer(BATCH, augment_batch(run.views, plan))))
-    delivered, started = 0, None
-    for epoch in range(epochs + 1):
-        if epoch == 1:
-            started, delivered = time.perf_counter(), 0
-        for batch in itertools.islice(batches, plan.epoch_images // BATCH):
-            delivered += len(batch["view_0"])
-    return delivered / (time.perf_counter() - started)
+    return delivered_per_s(run, data_uri, epochs, BATCH)
 
 
 def main() -> None:

@@ -54,22 +54,25 @@ def dataloader_images_per_s(images: torch.Tensor, views, workers: int, epochs: i
     return delivered / (time.perf_counter() - started)
 
 
-def ray_images_per_s(run, data_uri: str, epochs: int) -> float:
+def ray_images_per_s(run, data_uri: str, epochs: int, batch_size: int = BATCH) -> float:
     """As a Train worker consumes it: one execution over every epoch (the warm-up one too), an epoch's
-    batches at a time from one iterator (raysl.ray_glue.train.epochs_per_execution)."""
+    batches at a time from one iterator (raysl.ray_glue.train.epochs_per_execution). Also used by
+    benchmarks/folder_pipeline.py."""
+    from raysl.data.augment import augment_batch
     from raysl.data.pretraining import plan_pretraining
     from raysl.ray_glue.train import build_view_dataset, configure_data_context, shuffle_buffer
 
     configure_data_context(run)
     plan = plan_pretraining(run, data_uri)
     dataset = build_view_dataset(run, plan, epochs=epochs + 1)
-    batches = iter(dataset.iter_torch_batches(batch_size=BATCH, drop_last=True, prefetch_batches=2,
-                                              local_shuffle_buffer_size=shuffle_buffer(BATCH)))
+    buffer = shuffle_buffer(batch_size, augment_batch(run.views, plan))
+    batches = iter(dataset.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2,
+                                              local_shuffle_buffer_size=buffer))
     delivered, started = 0, None
     for epoch in range(epochs + 1):
         if epoch == 1:
             started, delivered = time.perf_counter(), 0
-        for batch in itertools.islice(batches, plan.epoch_images // BATCH):
+        for batch in itertools.islice(batches, plan.epoch_images // batch_size):
             delivered += len(batch["view_0"])
     return delivered / (time.perf_counter() - started)
 

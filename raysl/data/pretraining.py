@@ -84,16 +84,21 @@ class PretrainingPlan:
         """Dataset `number`'s decoded rows (repeats included) in the main dataset's shape, corrupted per image."""
         return corrupt(to_shape(pixels, self.shape), indices + number * DATASET_INDEX_STRIDE, self.corruption)
 
-    def apply(self, images: list[bytes] | np.ndarray, indices: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
-        """Rows (raw pixel bytes, their row index, their dataset number) -> this epoch's pretraining images."""
-        sources = np.zeros(len(indices), np.int64) if sources is None else sources
-        parts = []
+    def _by_source(self, count: int, indices: np.ndarray, sources: np.ndarray | None):
+        """Per dataset with rows in the batch: (its number, it, the batch rows, their row indices, their repeats)."""
+        sources = np.zeros(count, np.int64) if sources is None else sources
         for number, source in enumerate(self.sources):
             rows = np.flatnonzero(sources == number)
             if rows.size == 0:
                 continue
             index = np.asarray(indices)[rows]
             repeats = source.counts[index] if source.counts is not None else np.ones(rows.size, np.int64)
+            yield number, source, rows, index, repeats
+
+    def apply(self, images: list[bytes] | np.ndarray, indices: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
+        """Rows (raw pixel bytes, their row index, their dataset number) -> this epoch's pretraining images."""
+        parts = []
+        for number, source, rows, index, repeats in self._by_source(len(indices), indices, sources):
             keep = np.repeat(np.arange(rows.size), repeats)
             if keep.size == 0:
                 continue
@@ -103,7 +108,6 @@ class PretrainingPlan:
             return np.empty((0, *(resized_shape(*self.shape[:2], size) if size else self.shape[:2]), self.shape[2]), np.uint8)
         return np.concatenate(parts)
 
-
     def variable_rows(self, images: list[bytes] | np.ndarray, indices: np.ndarray | None,
                       sources: np.ndarray | None = None) -> list[bytes | np.ndarray]:
         """Rows -> this epoch's pretraining images, one entry each (repeats included), for an encoded main
@@ -112,14 +116,8 @@ class PretrainingPlan:
         (H, W, C) in the main dataset's channels; a corrupted row is decoded and corrupted (fixed per image)."""
         if not self.selective:
             return list(images)
-        sources = np.zeros(len(images), np.int64) if sources is None else sources
         out: list[bytes | np.ndarray] = []
-        for number, source in enumerate(self.sources):
-            rows = np.flatnonzero(sources == number)
-            if rows.size == 0:
-                continue
-            index = np.asarray(indices)[rows]
-            repeats = source.counts[index] if source.counts is not None else np.ones(rows.size, np.int64)
+        for number, source, rows, index, repeats in self._by_source(len(images), indices, sources):
             for row, row_index, times in zip(rows, index, repeats):
                 if times == 0:
                     continue

@@ -1,9 +1,10 @@
 """A labeled folder of variable-size photos-like images, made here: the test fixture and benchmark data for the
 encoded (variable-size) data path, since no natural-photo dataset installs on the development machines.
 
-Each image is a random-size canvas (width and height drawn independently, `min_side`..`max_side` px) with a
-smooth colour texture and fine noise, and one labeled item pasted at a random place and scale (its side 30-80%
-of the canvas's short side), tinted with a random colour. Items are Fashion-MNIST train images when Debian's
+Each image is a random-size canvas (its long side `min_side`..`max_side` px, its aspect ratio 3:5 to 5:3, as
+photos' are) with a smooth colour texture and fine noise, and one labeled item pasted at a random scale (its
+side 50-90% of the canvas's short side) and place (its centre within the middle half of each side: object-
+centric, as ImageNet's photos are), tinted with a random colour. Items are Fashion-MNIST train images when Debian's
 `dataset-fashion-mnist` is installed (10 classes), else drawn glyphs (10 distinct shapes), so the folder is
 learnable either way. Files: 80% JPEG (quality 60-95), 12% PNG, 8% grayscale JPEG; a few JPEGs carry an EXIF
 orientation (the pixels stored rotated, as cameras do). ImageNet's layout: OUT/train/<class>/*.JPEG,
@@ -66,8 +67,9 @@ def load_items(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]
 
 
 def _canvas(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random colour texture (a coarse grid upsampled) plus fine noise, uint8 (H, W, 3)."""
-    coarse = rng.integers(40, 216, (rng.integers(2, 7), rng.integers(2, 7), 3)).astype(np.uint8)
+    """A smooth random texture around one colour (a coarse grid upsampled) plus fine noise, uint8 (H, W, 3)."""
+    base = rng.integers(60, 196, 3)  # one hue per canvas, varied around it: a busy but photo-like background
+    coarse = (base + rng.integers(-45, 46, (rng.integers(2, 7), rng.integers(2, 7), 3))).clip(0, 255).astype(np.uint8)
     smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.float32)
     return (smooth + rng.normal(0, 12, (height, width, 3))).clip(0, 255).astype(np.uint8)
 
@@ -75,11 +77,16 @@ def _canvas(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 def make_image(item: np.ndarray, seed: int, min_side: int, max_side: int) -> tuple[Image.Image, int]:
     """One canvas with `item` pasted (tinted, random place and scale); returns (image, EXIF orientation or 1)."""
     rng = np.random.default_rng(seed)
-    height, width = (int(side) for side in rng.integers(min_side, max_side + 1, 2))
+    long_side = int(rng.integers(min_side, max_side + 1))
+    short_side = max(min(min_side, long_side), round(long_side * rng.uniform(0.6, 1.0)))
+    height, width = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
     canvas = _canvas(height, width, rng).astype(np.float32)
-    side = max(8, int(min(height, width) * rng.uniform(0.3, 0.8)))
+    side = max(8, int(min(height, width) * rng.uniform(0.5, 0.9)))
     mask = np.asarray(Image.fromarray(item).resize((side, side), Image.Resampling.BILINEAR), np.float32)[..., None] / 255
-    top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    centre_y = rng.uniform(max(side / 2, height / 4), min(height - side / 2, 3 * height / 4))
+    centre_x = rng.uniform(max(side / 2, width / 4), min(width - side / 2, 3 * width / 4))
+    top, left = int(round(centre_y - side / 2)), int(round(centre_x - side / 2))
+    top, left = min(max(top, 0), height - side), min(max(left, 0), width - side)
     tint = rng.uniform(0, 255, 3).astype(np.float32)
     if np.abs(tint - canvas[top:top + side, left:left + side].mean((0, 1))).sum() < 150:  # keep the item visible
         tint = 255 - tint
