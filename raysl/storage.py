@@ -59,3 +59,10 @@ def list_dirs(uri: str) -> list[str]:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+
+
+def delete_file(uri: str) -> None:
+    """Remove the file if it is there."""
+    filesystem, path = open_filesystem(uri)
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        filesystem.delete_file(path)

@@ -180,3 +180,32 @@ def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset)
             assert all(len(views) == 2 and views[1].shape == (50, 3, 32, 32) for views in batches), where
     finally:
         ray.shutdown()
+
+
+def test_a_recorded_damaged_shard_clears_once_the_shard_is_repaired(encoded_dataset, tmp_path):
+    from raysl.data.pretraining import damage_report, record_damage, recorded_damage
+
+    copy, shard = _damaged_copy(encoded_dataset, tmp_path)
+    plan = plan_pretraining(_run(str(copy)), str(copy))
+    damage = damage_report(plan)
+    assert damage["shard"] == shard and "row group" in damage["message"]
+    marker = str(tmp_path / "run" / "damaged_shard.txt")
+    record_damage(marker, damage)
+    assert f"{copy}/{shard}" in recorded_damage(marker)  # a retry stops at once while the shard is damaged
+    shutil.copy(Path(encoded_dataset) / shard, copy / shard)  # copied back from where it came
+    assert recorded_damage(marker) is None and not Path(marker).exists()
+
+
+def test_corruption_samples_and_split_errors_of_an_encoded_dataset(encoded_dataset, tmp_path):
+    from PIL import Image
+
+    from raysl.config import CorruptionConfig
+    from raysl.data.pretraining import save_corruption_samples
+    from raysl.data.rows import split_tables
+    from raysl.errors import UserError
+
+    target = tmp_path / "samples.png"
+    save_corruption_samples(encoded_dataset, [CorruptionConfig(jpeg_quality=10)], str(target), log=lambda text: None)
+    assert Image.open(target).size[0] > 8 * 128  # 8 images of 128 px per row
+    with pytest.raises(UserError, match="has no 'holdout' split"):
+        next(split_tables(encoded_dataset, read_manifest(encoded_dataset), "holdout", ["image"]))

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from raysl.config import ViewsConfig
-from raysl.data.decode import views_from_arrays, views_from_encoded
+from raysl.data.decode import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, decode_images
-from raysl.data.rows import decode_array
 from raysl.data.views import make_views
 from raysl.ray_glue import data_patches
 
@@ -26,6 +25,7 @@ data_patches.install()  # this module is imported wherever the view dataset's pl
 AUGMENT_BATCH = 1024  # rows per augmentation call and output block: fewer, larger blocks to move
 BLOCK_BYTES = 64 * 2**20  # an encoded dataset's output block at most this size (224 px views are 150 KB each)
 MIN_AUGMENT_BATCH = 32
+FILES_BATCH = 256  # rows per block when the blocks carry encoded files to the Train worker (tens of KB each)
 
 
 def augment_batch(views: ViewsConfig, plan: PretrainingPlan) -> int:
@@ -33,8 +33,8 @@ def augment_batch(views: ViewsConfig, plan: PretrainingPlan) -> int:
     many as keep an output block near BLOCK_BYTES of views (at least MIN_AUGMENT_BATCH, at most AUGMENT_BATCH)."""
     if not plan.variable:
         return AUGMENT_BATCH
-    if views.where == "trainer":  # the block holds the encoded files (tens of KB each), not views
-        return 256
+    if views.where == "trainer":  # the block holds the encoded files, not views
+        return FILES_BATCH
     per_row = sum(spec.count * plan.channels * spec.size**2 for spec in views.crops)
     return max(MIN_AUGMENT_BATCH, min(AUGMENT_BATCH, BLOCK_BYTES // per_row))
 
@@ -93,9 +93,5 @@ class AugmentViews:
         if not rows:
             return {f"view_{index}": np.empty((0, plan.channels, spec.size, spec.size), np.uint8)
                     for index, spec in enumerate(spec for spec in self.views.crops for _ in range(spec.count))}
-        if all(isinstance(row, (bytes, bytearray)) for row in rows):
-            made = views_from_encoded(rows, self.views, generator, plan.channels)
-        else:
-            arrays = [row if isinstance(row, np.ndarray) else decode_array(row, plan.channels) for row in rows]
-            made = views_from_arrays(arrays, self.views, generator)
+        made = views_of_rows(rows, self.views, generator, plan.channels)
         return {f"view_{index}": view.numpy() for index, view in enumerate(made)}

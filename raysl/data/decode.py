@@ -10,8 +10,9 @@ batched per view.
 `views_from_encoded(column, views, generator, channels)`: per batch, the geometry of every view (crop boxes in
 original pixels, flips) is drawn first, for all images, from `generator`; then each image is decoded once, at
 the smallest JPEG DCT-domain reduction (1/2, 1/4, 1/8) that still leaves every one of its crops at least
-`size` pixels a side (so each crop is still downsampled, never upsampled, by the final resize); each crop is
-resized from the decoded image (PIL, fractional box); then each view's batch goes through `photometric`.
+`size` pixels a side (so each crop is still downsampled, never upsampled, by the final resize); each crop's
+box is rounded to whole pixels of the decoded image and resized with F.interpolate (bilinear, antialiased,
+uint8: faster than PIL's resize here); then each view's batch goes through `photometric`.
 `views_from_arrays` does the same for already-decoded images (no reduction), `views_on_device` on a GPU with
 nvjpeg, `eval_image` / `eval_images` the standard evaluation transform (short side to size / 0.875, centre
 crop).
@@ -391,6 +392,23 @@ def views_from_arrays(
         len(arrays), (widths, heights), channel_count, lambda row, k: (arrays[row], 1.0), views, generator, False, workers,
     )
     return _finish(crops, geometry, views, generator)
+
+
+def decode_array(data: bytes, channels: int) -> np.ndarray:
+    """One stored file (upright, RGB or L) as uint8 (H, W, channels), full size."""
+    image, _ = decode(data, channels)
+    pixels = np.array(image) if isinstance(image, Image.Image) else np.asarray(image)
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
+
+
+def views_of_rows(rows: Sequence[bytes | np.ndarray], views: ViewsConfig, generator: torch.Generator, channels: int) -> list[torch.Tensor]:
+    """Views of a batch whose rows are stored files (bytes) or decoded images (uint8 (H, W, C): a fixed-shape
+    pool dataset's, or corrupted ones): views_from_encoded when all are files, else every file decoded in full
+    and views_from_arrays."""
+    if all(isinstance(row, (bytes, bytearray)) for row in rows):
+        return views_from_encoded(rows, views, generator, channels)
+    arrays = [row if isinstance(row, np.ndarray) else decode_array(row, channels) for row in rows]
+    return views_from_arrays(arrays, views, generator)
 
 
 # ---------------------------------------------------------------------------------------------- on a GPU

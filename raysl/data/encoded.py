@@ -14,8 +14,9 @@ so that its long side is `max_side` when larger (aspect kept, antialiased Lanczo
 
 Memory stays bounded whatever the dataset size: items stream through a thread pool (PIL releases the GIL)
 with a bounded window of items in flight, and each split's rows go to a `ShardWriter` that writes one row
-group at a time and closes a shard at `shard_rows` rows or `shard_bytes` image bytes. Only per-file numbers
-are kept for the whole dataset (width, height: 8 bytes an image, for the size summary).
+group at a time and closes a shard at `shard_rows` rows or `shard_bytes` image bytes. What grows with the
+dataset is per file, not per pixel: the planned list of files (paths) and each kept image's width and height
+(Python ints, for the size summary).
 """
 
 from __future__ import annotations

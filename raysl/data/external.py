@@ -20,7 +20,8 @@ Splits: a file whose path has a folder named, or whose name starts with, train/v
 hub's data/train-00000-of-00257.parquet, data/validation-...) belongs to that split; the train files are
 raysl's train split, the first of val, validation, test whose rows carry labels is raysl's test split, a
 further one is ignored. With no split names at all, every row is train and test_fraction of each class goes
-to test (seeded). Order: the files (Parquet: row groups) are visited in a seeded order and rows mixed by a
+to test (seeded). Order: whole files are visited in a seeded order (each read in order, a row group or a
+tar member at a time) and rows mixed by a
 seeded shuffle buffer of `shuffle_buffer` rows per split (not a full shuffle: the source order only shows
 within a window that large).
 

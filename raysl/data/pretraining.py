@@ -8,18 +8,21 @@ dataset's shape, corrupted (fixed per image) and returned as uint8 (N, H, W, C),
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
 
 from raysl.config import CorruptionConfig, RunConfig
 from raysl.data.conditions import pretraining_counts, to_shape
 from raysl.data.corruptions import corrupt, describe, resized_shape, sample_grid_png
 from raysl.data.prepare import load_labels, load_split, read_manifest, split_files
-from raysl.data.shards import DamagedShardError, find_damage
-from raysl.data.rows import channels_of, decode_array, is_encoded, split_tables
-from raysl.storage import write_bytes
+from raysl.data.shards import DamagedShardError, find_damage, shard_damage
+from raysl.data.rows import channels_of, is_encoded, load_eval_split, split_tables
+from raysl.errors import UserError
+from raysl.storage import delete_file, read_text, write_bytes, write_text
 
 # Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two
 # datasets' image 0 do not share their noise.
@@ -44,14 +47,18 @@ class PoolSource:
 @dataclass
 class PretrainingPlan:
     shape: tuple[int, int, int]
-    """The main dataset's (H, W, C); for an encoded main dataset (S, S, C) at its evaluation size, which is
-    what a fixed-shape pool dataset is brought to before its crops are taken."""
+    """The main dataset's (H, W, C); for an encoded main dataset (S, S, C) at its evaluation size (its channels
+    are what every row is converted to; a fixed-shape pool dataset keeps its own H x W, crops are taken from
+    it as from any image)."""
     sources: list[PoolSource]
     epoch_images: int
     corruption: CorruptionConfig
     variable: bool = False
     """The main dataset is encoded: views are cropped from each original image (raysl.data.decode), and
     rows reach the view maker one image at a time (`variable_rows`), not as one (N, H, W, C) array."""
+    crop_fraction: float = 0.875
+    """evaluation.crop_fraction: how an encoded pool dataset's images are brought to a fixed-shape main
+    dataset's shape, the way they are evaluated."""
 
     @property
     def channels(self) -> int:
@@ -102,7 +109,8 @@ class PretrainingPlan:
             keep = np.repeat(np.arange(rows.size), repeats)
             if keep.size == 0:
                 continue
-            parts.append(self.condition(number, source_pixels(source, [images[row] for row in rows[keep]], self.shape), index[keep]))
+            unique = source_pixels(source, [images[row] for row in rows], self.shape, self.crop_fraction)
+            parts.append(self.condition(number, unique[keep], index[keep]))
         if not parts:
             size = self.corruption.resize
             return np.empty((0, *(resized_shape(*self.shape[:2], size) if size else self.shape[:2]), self.shape[2]), np.uint8)
@@ -116,6 +124,8 @@ class PretrainingPlan:
         (H, W, C) in the main dataset's channels; a corrupted row is decoded and corrupted (fixed per image)."""
         if not self.selective:
             return list(images)
+        from raysl.data.decode import decode_array
+
         out: list[bytes | np.ndarray] = []
         for number, source, rows, index, repeats in self._by_source(len(images), indices, sources):
             for row, row_index, times in zip(rows, index, repeats):
@@ -132,31 +142,60 @@ class PretrainingPlan:
         return out
 
 
-def guarded_batches(batches, plan: PretrainingPlan, on_damage=None):
-    """`batches`, but when making them fails (a read, or decoding a stored file), look for a damaged shard
-    among the plan's datasets (each shard's size and sha256 against the manifest, then the row group that
-    fails to read): if one is found, `on_damage(message)` (e.g. record it so a retry stops at once) and raise
-    DamagedShardError naming it and how to re-prepare; else the original error goes on."""
+# What a failed read or decode can look like (Ray's RayTaskError(X) is also an X): only these send a run
+# looking for a damaged shard. A dead actor or a bug in the view maker is not a damaged shard.
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, pa.ArrowException)
+
+
+def guarded_batches(batches, plan: PretrainingPlan, on_damage=None, look: bool = True):
+    """`batches`, but when making them fails with a read or decode error, look for a damaged shard among the
+    plan's datasets (each shard's size and sha256 against the manifest, then the row group that fails to read):
+    if one is found, `on_damage(record)` (e.g. record it so a retry stops at once) and raise DamagedShardError
+    naming it and how to re-prepare; else the original error goes on. `look=False` (every rank but one, which
+    all meet the same failure) skips the search and re-raises."""
     try:
         yield from batches
     except DamagedShardError:
         raise
-    except Exception as error:
-        message = damage_report(plan)
-        if not message:
+    except READ_ERRORS as error:
+        damage = damage_report(plan) if look else None
+        if damage is None:
             raise
         if on_damage is not None:
-            on_damage(message)
-        raise DamagedShardError(message) from error
+            on_damage(damage)
+        raise DamagedShardError(damage["message"]) from error
 
 
-def damage_report(plan: PretrainingPlan) -> str:
-    """The first damaged shard of the plan's datasets, as a message ('' when every shard checks and reads)."""
+def damage_report(plan: PretrainingPlan) -> dict[str, str] | None:
+    """The first damaged shard of the plan's datasets: {"uri", "shard", "message"}, or None when all are sound."""
     for source in plan.sources:
-        message = find_damage(source.uri, read_manifest(source.uri))
-        if message:
-            return message
-    return ""
+        found = find_damage(source.uri, read_manifest(source.uri))
+        if found:
+            return {"uri": source.uri, "shard": found[0], "message": found[1]}
+    return None
+
+
+def record_damage(marker: str, damage: dict[str, str]) -> None:
+    write_text(marker, json.dumps(damage))
+
+
+def recorded_damage(marker: str) -> str | None:
+    """The message of a damaged shard recorded at `marker` by an earlier attempt, if that shard is still damaged;
+    a shard since re-prepared or copied back (it now matches its manifest and reads) clears the record."""
+    text = read_text(marker)
+    if not text:
+        return None
+    try:
+        damage = json.loads(text)
+        still = shard_damage(damage["uri"], read_manifest(damage["uri"]), damage["shard"])
+    except (ValueError, KeyError, TypeError):  # not a record this raysl wrote: let the run look again
+        still = ""
+    except UserError as error:  # the dataset itself is gone or unreadable now
+        still = str(error)
+    if not still:
+        delete_file(marker)
+        return None
+    return still
 
 
 def _bare(path: str) -> str:
@@ -169,7 +208,7 @@ def decode_images(column: list[bytes] | np.ndarray, shape: tuple[int, int, int])
     return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
 
 
-def source_pixels(source: PoolSource, column: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+def source_pixels(source: PoolSource, column: list[bytes], shape: tuple[int, int, int], crop_fraction: float = 0.875) -> np.ndarray:
     """A fixed-shape main dataset's rows of one source as uint8 (N, H, W, C): a pixels source in its own shape
     (the plan's condition brings it to `shape`), an encoded one through the evaluation transform at `shape`
     (the same way it is evaluated)."""
@@ -177,7 +216,7 @@ def source_pixels(source: PoolSource, column: list[bytes], shape: tuple[int, int
         return decode_images(column, source.shape)
     from raysl.data.decode import eval_images
 
-    return to_shape(eval_images(list(column), shape[0], shape[2]), shape)
+    return to_shape(eval_images(list(column), shape[0], source.channels, crop_fraction), shape)
 
 
 def main_shape(run: RunConfig, manifest: dict) -> tuple[int, int, int]:
@@ -211,7 +250,8 @@ def plan_pretraining(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple
                    channels_of(m))
         for name, uri, m, count in zip(names, uris, manifests, counts)
     ]
-    return PretrainingPlan(shape, sources, epoch_images, run.data.corruption, variable=is_encoded(manifest))
+    return PretrainingPlan(shape, sources, epoch_images, run.data.corruption, variable=is_encoded(manifest),
+                           crop_fraction=run.evaluation.crop_fraction)
 
 
 def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
@@ -222,7 +262,7 @@ def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
     for number, source in enumerate(plan.sources):
         if source.encoded:  # a fixed-shape main dataset pooled with an encoded one
             manifest = read_manifest(source.uri)
-            images = np.concatenate([source_pixels(source, table.column("image").to_pylist(), plan.shape)
+            images = np.concatenate([source_pixels(source, table.column("image").to_pylist(), plan.shape, plan.crop_fraction)
                                      for table in split_tables(source.uri, manifest, "train", ["image"])])
         else:
             images, _ = load_split(source.uri, "train")
@@ -233,13 +273,22 @@ def in_memory_epoch_images(plan: PretrainingPlan) -> np.ndarray:
     return np.concatenate(parts)
 
 
+SAMPLE_SIZE = 128  # an encoded dataset's sample grid: its first images through the evaluation transform at this size
+
+
 def save_corruption_samples(data_uri: str, settings: list[CorruptionConfig], target: str, log=print, count: int = 8) -> None:
     """A PNG grid at `target` (local or URI): the first `count` train images clean, then under each distinct
-    active corruption setting (one row each). Nothing when no setting corrupts."""
+    active corruption setting (one row each). Nothing when no setting corrupts. An encoded dataset's images are
+    shown at SAMPLE_SIZE px (short side resized, centre crop); its runs corrupt each original before cropping."""
     distinct = {setting.model_dump_json(): setting for setting in settings if setting.active}
     if not distinct:
         return
-    images, _ = load_split(data_uri, "train", limit=count)
+    manifest = read_manifest(data_uri)
+    if is_encoded(manifest):
+        images, _ = load_eval_split(data_uri, manifest, "train", (SAMPLE_SIZE, SAMPLE_SIZE, channels_of(manifest)),
+                                    limit=count, label_columns=["label"])
+    else:
+        images, _ = load_split(data_uri, "train", limit=count)
     rows = [("clean", CorruptionConfig())] + [(describe(setting), setting) for setting in distinct.values()]
     write_bytes(target, sample_grid_png(images, rows))
     log(f"corruption samples: {target}")

@@ -9,12 +9,10 @@ at the default 0.875), so the kNN monitor, the probe and `raysl eval` see one fi
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from raysl.data.conditions import to_shape
 from raysl.data.shards import read_table
@@ -30,11 +28,22 @@ def channels_of(manifest: dict) -> int:
     return int(manifest.get("channels") or manifest["image_shape"][2])
 
 
+def mean_row_bytes(manifest: dict, split: str = "train") -> float | None:
+    """The mean stored bytes of a row of a split, from the manifest's shard entries (None without them)."""
+    entries = [(manifest.get("files") or {}).get(shard) for shard in manifest["splits"][split]["shards"]]
+    if not entries or any(entry is None for entry in entries):
+        return None
+    rows = sum(entry["rows"] for entry in entries)
+    return sum(entry["bytes"] for entry in entries) / rows if rows else None
+
+
 def split_tables(uri: str, manifest: dict, split: str, columns: list[str], limit: int | None = None) -> Iterator[pa.Table]:
     """The split's shards as Arrow tables of `columns`, in order; with `limit`, only the first `limit` rows."""
+    from raysl.data.prepare import _split_entry
+
     filesystem, root = open_filesystem(uri)
     count = 0
-    for shard in manifest["splits"][split]["shards"]:
+    for shard in _split_entry(manifest, uri, split)["shards"]:
         if limit is not None and count >= limit:
             return
         table = read_table(filesystem, f"{root}/{shard}", columns, uri=uri, shard=shard, manifest=manifest)
@@ -44,39 +53,32 @@ def split_tables(uri: str, manifest: dict, split: str, columns: list[str], limit
         yield table
 
 
-def decode_array(data: bytes, channels: int) -> np.ndarray:
-    """One stored file (upright, RGB or L) as uint8 (H, W, channels)."""
-    with Image.open(io.BytesIO(data)) as image:
-        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    return pixels[..., None] if channels == 1 else pixels
-
-
-def decode_pixels(column: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
-    """Raw pixel bytes per row (a pixels dataset's `image` column) as one uint8 array (N, H, W, C)."""
-    return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), *shape)
-
-
-def eval_pixels(manifest: dict, column: Sequence[bytes], shape: Sequence[int], crop_fraction: float) -> np.ndarray:
-    """A batch of rows of a dataset as evaluation images in `shape` (H, W, C): pixels datasets resized as the
-    domain pool's rule says (to_shape); encoded ones through the evaluation transform at H (square), then
-    brought to C channels (and to W when H != W)."""
-    if not is_encoded(manifest):
-        return to_shape(decode_pixels(column, manifest["image_shape"]), shape)
+def eval_pixels(column: Sequence[bytes], shape: Sequence[int], channels: int, crop_fraction: float) -> np.ndarray:
+    """An encoded dataset's rows (stored with `channels`) as evaluation images in `shape` (H, W, C): the
+    evaluation transform at H (square), then brought to C channels (and to W when H != W) by to_shape."""
     from raysl.data.decode import eval_images
 
-    height, width, channels = (int(size) for size in shape)
-    images = eval_images(list(column), height, channels_of(manifest), crop_fraction=crop_fraction)
-    return to_shape(images, (height, width, channels))
+    height, width, out_channels = (int(size) for size in shape)
+    images = eval_images(list(column), height, channels, crop_fraction=crop_fraction, workers=eval_threads())
+    return to_shape(images, (height, width, out_channels))
+
+
+def eval_threads() -> int:
+    """Threads that decode evaluation images (PIL and simplejpeg release the GIL): the process's torch threads."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def load_eval_split(uri: str, manifest: dict, split: str, shape: Sequence[int], *, limit: int | None,
                     label_columns: Sequence[str], crop_fraction: float = 0.875) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A split's first `limit` rows as evaluation images uint8 (N, *shape) and their label columns (int64)."""
+    """An encoded dataset's split: its first `limit` rows as evaluation images uint8 (N, *shape) and their label
+    columns (int64)."""
     images, labels = [], {column: [] for column in label_columns}
     for table in split_tables(uri, manifest, split, ["image", *label_columns], limit):
         if table.num_rows == 0:
             continue
-        images.append(eval_pixels(manifest, table.column("image").to_pylist(), shape, crop_fraction))
+        images.append(eval_pixels(table.column("image").to_pylist(), shape, channels_of(manifest), crop_fraction))
         for column in label_columns:
             labels[column].append(table.column(column).to_numpy().astype(np.int64))
     if not images:

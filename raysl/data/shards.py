@@ -108,26 +108,34 @@ def read_table(filesystem: pafs.FileSystem, path: str, columns: list[str] | None
         ) from None
 
 
-def find_damage(uri: str, manifest: dict, columns: list[str] | None = None, splits: tuple[str, ...] = ("train",)) -> str:
-    """After a read failed somewhere in a split: the first shard that does not match its checksum or fails to
-    read, with its row group, as a message (or '' when every shard checks and reads)."""
+def shard_damage(uri: str, manifest: dict, shard: str, columns: list[str] | None = None) -> str:
+    """What is wrong with one shard ('' when it is there, matches its manifest entry and reads)."""
     from raysl.data.sources import open_filesystem
 
     filesystem, root = open_filesystem(uri)
-    entries = manifest.get("files") or {}
+    path = f"{root}/{shard}"
+    entry = (manifest.get("files") or {}).get(shard)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return f"shard {uri}/{shard} is missing. {how_to_repair(manifest, uri)}"
+    bad_sum = entry is not None and (info.size != entry["bytes"] or sha256_of(filesystem, path) != entry["sha256"])
+    where = locate(filesystem, path, columns) if bad_sum or entry is None else ""
+    if not (bad_sum or where):
+        return ""
+    detail = f": {where}" if where else " (its checksum differs from the manifest's)"
+    return f"shard {uri}/{shard} is damaged{detail}. {how_to_repair(manifest, uri)}"
+
+
+def find_damage(uri: str, manifest: dict, columns: list[str] | None = None,
+                splits: tuple[str, ...] = ("train",)) -> tuple[str, str] | None:
+    """After a read failed somewhere in a split: (the first shard that is missing, does not match its
+    checksum or fails to read, the message naming it and its row group), or None when every shard is sound."""
     for split in splits:
         for shard in manifest["splits"][split]["shards"]:
-            path = f"{root}/{shard}"
-            entry = entries.get(shard)
-            info = filesystem.get_file_info(path)
-            if info.type != pafs.FileType.File:
-                return f"shard {uri}/{shard} is missing. {how_to_repair(manifest, uri)}"
-            bad_sum = entry is not None and (info.size != entry["bytes"] or sha256_of(filesystem, path) != entry["sha256"])
-            where = locate(filesystem, path, columns) if bad_sum or entry is None else ""
-            if bad_sum or where:
-                detail = f": {where}" if where else " (its checksum differs from the manifest's)"
-                return f"shard {uri}/{shard} is damaged{detail}. {how_to_repair(manifest, uri)}"
-    return ""
+            message = shard_damage(uri, manifest, shard, columns)
+            if message:
+                return shard, message
+    return None
 
 
 def _first_line(error: BaseException) -> str:

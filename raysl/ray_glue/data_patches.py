@@ -45,7 +45,7 @@ def skip_parquet_sampling() -> bool:
     """Ray Data's V1 Parquet reader samples the first batch of a few files in Ray tasks when a dataset is built,
     to estimate how much larger rows grow in memory, and retries a failed sample 3 times (OSError) with a
     traceback each. raysl's shards hold binary columns that do not grow when read, and a damaged shard must
-    fail once and be named (raysl.ray_glue.train.guarded_batches), not be retried. Without the samples Ray
+    fail once and be named (raysl.data.pretraining.guarded_batches), not be retried. Without the samples Ray
     uses its defaults (an over-estimate: safe) and the read tasks themselves fail once. False if Ray's layout
     differs (nothing changed)."""
     try:

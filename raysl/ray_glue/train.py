@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -21,8 +22,10 @@ import torch
 from raysl.config import RunConfig, ViewsConfig
 from raysl.data.augment import AugmentViews, augment_batch
 from raysl.data.prepare import read_manifest
-from raysl.data.pretraining import PretrainingPlan, damage_report, guarded_batches, plan_pretraining
-from raysl.data.rows import channels_of
+from raysl.data.pretraining import (
+    READ_ERRORS, PretrainingPlan, damage_report, guarded_batches, plan_pretraining, record_damage, recorded_damage,
+)
+from raysl.data.rows import channels_of, mean_row_bytes
 from raysl.data.shards import DamagedShardError
 from raysl.data.views import make_views
 from raysl.storage import read_text, write_text
@@ -79,7 +82,9 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan, epochs: int = 1) -
     passes = [files[index] for _ in range(epochs) for index in rng.permutation(len(files))]
     dataset = ray.data.read_parquet(
         passes, columns=["image", "index"] if plan.selective else ["image"], include_paths=len(plan.sources) > 1,
-        num_cpus=run.resources.data_cpus, **placement,
+        num_cpus=run.resources.data_cpus, batch_size=read_batch_rows(plan),
+        fragment_scan_options=pyarrow.dataset.ParquetFragmentScanOptions(page_checksum_verification=True),
+        **placement,
     )
     dataset = dataset.map_batches(
         AugmentViews,
@@ -97,6 +102,19 @@ def build_view_dataset(run: RunConfig, plan: PretrainingPlan, epochs: int = 1) -
         # the epoch's views are made before its first batch; small next to an epoch of training here).
         dataset = dataset.random_shuffle(num_cpus=run.resources.data_cpus, **placement)
     return dataset
+
+
+def read_batch_rows(plan: PretrainingPlan) -> int:
+    """Rows per pyarrow read batch: about Ray's target block size of stored rows, as Ray's own Parquet sampling
+    would have estimated (raysl skips that sampling: raysl.ray_glue.data_patches), from the manifests' shard
+    sizes (pixels datasets without them: their image shape)."""
+    target = ray.data.DataContext.get_current().target_max_block_size or 128 * 2**20
+    largest = 1.0
+    for source in plan.sources:
+        manifest = read_manifest(source.uri)
+        size = mean_row_bytes(manifest) or (float(np.prod(manifest["image_shape"])) if manifest.get("image_shape") else 1.0)
+        largest = max(largest, size)
+    return max(1, int(target // largest))
 
 
 def shuffle_buffer(batch_size: int, block_rows: int = 1024) -> int | None:
@@ -163,7 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if earlier:
         raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)")
     damaged_marker = f"{loop_config['run_dir']}/{DAMAGED_MARKER}"
-    damaged = read_text(damaged_marker)
+    damaged = recorded_damage(damaged_marker)
     if damaged:
         raise DamagedShardError(f"{damaged} (recorded in {damaged_marker}; not retried)")
     checkpoint = ray.train.get_checkpoint()
@@ -172,19 +190,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
     # resume shows in Tune's results and the run's result, not only in worker logs.
     started_at = trainer.epoch
+    plan: PretrainingPlan = loop_config["plan"]
     try:
         eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
     except DamagedShardError as error:  # the kNN bank reads the train split's shards first
-        write_text(damaged_marker, str(error))
-        raise
+        if damage := damage_report(plan):
+            record_damage(damaged_marker, damage)
+        raise error
     shard = ray.train.get_dataset_shard("train")
-    plan = plan_pretraining(run, data_uri, pool_uris)
     batches = None
     while trainer.epoch < run.epochs:
         if batches is None or loop_config.get("epochs_per_execution", 1) == 1:
-            batches = guarded_batches(  # the next execution
+            batches = guarded_batches(  # the next execution; rank 0 looks for a damaged shard when reads fail
                 _view_batches(shard, run.batch_size // world_size, run.views, device, plan), plan,
-                on_damage=lambda message: write_text(damaged_marker, message))
+                on_damage=lambda damage: record_damage(damaged_marker, damage), look=rank == 0)
         try:
             metrics = trainer.train_epoch(batches)  # takes steps_per_epoch batches, leaves the rest for the next
         except NonFiniteLossError as error:
@@ -287,7 +306,7 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={
             "run": run.model_dump(mode="json"), "data_uri": data_uri, "pool_uris": list(pool_uris),
-            "epoch_images": plan.epoch_images, "epochs_per_execution": epochs_per_execution(run, plan),
+            "epoch_images": plan.epoch_images, "epochs_per_execution": epochs_per_execution(run, plan), "plan": plan,
             "git_commit": git_commit, "label": label,
             "run_dir": run_directory(storage_path, name),
         },
@@ -302,20 +321,22 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
-        datasets={"train": view_dataset_or_damage(run, plan)},
+        datasets={"train": view_dataset_or_damage(run, plan, f"{run_directory(storage_path, name)}/{DAMAGED_MARKER}")},
         dataset_config=ray.train.DataConfig(datasets_to_split=datasets_to_split(resources.workers)),
     )
 
 
-def view_dataset_or_damage(run: RunConfig, plan: PretrainingPlan) -> ray.data.Dataset:
-    """build_view_dataset; when building it fails (Ray reads every shard's footer), the damaged shard named."""
+def view_dataset_or_damage(run: RunConfig, plan: PretrainingPlan, marker: str) -> ray.data.Dataset:
+    """build_view_dataset; when building it fails reading (Ray reads every shard's footer), the damaged shard
+    named and recorded at `marker` (a retried trial stops at once)."""
     try:
         return build_view_dataset(run, plan, epochs_per_execution(run, plan))
-    except Exception:
-        message = damage_report(plan)
-        if message:
-            raise DamagedShardError(message) from None
-        raise
+    except READ_ERRORS:
+        damage = damage_report(plan)
+        if damage is None:
+            raise
+        record_damage(marker, damage)
+        raise DamagedShardError(damage["message"]) from None
 
 
 def datasets_to_split(workers: int) -> list[str] | str:

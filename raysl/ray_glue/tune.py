@@ -17,6 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.data.pretraining import save_corruption_samples
+from raysl.data.pretraining import recorded_damage
 from raysl.data.shards import DamagedShardError
 from raysl.errors import UserError
 from raysl.ray_glue.train import (
@@ -47,7 +48,7 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     if earlier := read_text(marker):  # a retried trial whose loss already went non-finite: not re-run
         raise NonFiniteLossError(earlier)
     damaged = f"{run_directory(train_storage, trial_id)}/{DAMAGED_MARKER}"
-    if earlier := read_text(damaged):  # a retried trial that met a damaged shard: the shard is still damaged
+    if earlier := recorded_damage(damaged):  # a retried trial that met a damaged shard, still damaged
         raise DamagedShardError(earlier)
     configure_data_context(run)  # before the trainer copies the DataContext
     from raysl.cli import resolve_pool  # the trial's own pool (data.pool can be searched); prepared before Ray started
@@ -67,7 +68,7 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     except ray.train.TrainingFailedError as error:
         if earlier := read_text(marker):
             raise NonFiniteLossError(earlier) from None
-        if earlier := read_text(damaged):
+        if earlier := recorded_damage(damaged):
             raise DamagedShardError(earlier) from None
         raise RuntimeError(f"trial {trial_id} failed: {failure_summary(error)}") from error
 

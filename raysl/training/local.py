@@ -15,7 +15,7 @@ import torch
 
 from raysl.config import RunConfig, ViewsConfig
 from raysl.data.prepare import read_manifest
-from raysl.data.decode import views_from_arrays, views_from_encoded
+from raysl.data.decode import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, guarded_batches, in_memory_epoch_images, plan_pretraining
 from raysl.data.rows import channels_of
 from raysl.data.views import make_views
@@ -38,7 +38,8 @@ def streamed_batches(
     """One epoch of view batches (drop_last) of an encoded dataset, read shard by shard (memory: `window`
     batches of encoded rows): shards in a random order, rows shuffled within a window, views cropped from
     each original image as Ray Data's actors do."""
-    from raysl.data.rows import decode_array, split_tables
+    from raysl.data.shards import read_table
+    from raysl.data.sources import open_filesystem
 
     pending: list = []
     manifests = [read_manifest(source.uri) for source in plan.sources]
@@ -50,20 +51,16 @@ def streamed_batches(
         rows[:] = [rows[index] for index in order]
         while len(rows) >= batch_size and (final or len(rows) >= window * batch_size):
             chunk, rows[:] = rows[:batch_size], rows[batch_size:]
-            if all(isinstance(row, (bytes, bytearray)) for row in chunk):
-                yield views_from_encoded(chunk, views, generator, plan.channels)
-            else:
-                yield views_from_arrays([row if isinstance(row, np.ndarray) else decode_array(row, plan.channels)
-                                         for row in chunk], views, generator)
+            yield views_of_rows(chunk, views, generator, plan.channels)
 
     for position in torch.randperm(len(shards), generator=generator).tolist():
         number, shard = shards[position]
-        single = {**manifests[number], "splits": {"train": {"shards": [shard]}}}
-        for table in split_tables(plan.sources[number].uri, single, "train", columns):
-            indices = table.column("index").to_numpy() if "index" in columns else None
-            pending.extend(plan.variable_rows(table.column("image").to_pylist(), indices,
-                                              np.full(table.num_rows, number, np.int64)))
-            yield from emit(pending, final=False)
+        uri = plan.sources[number].uri
+        filesystem, root = open_filesystem(uri)
+        table = read_table(filesystem, f"{root}/{shard}", columns, uri=uri, shard=shard, manifest=manifests[number])
+        indices = table.column("index").to_numpy() if "index" in columns else None
+        pending.extend(plan.variable_rows(table.column("image").to_pylist(), indices, np.full(table.num_rows, number, np.int64)))
+        yield from emit(pending, final=False)
     yield from emit(pending, final=True)
 
 
