@@ -20,7 +20,12 @@ CHUNK = 8 * 2**20
 
 
 class DamagedShardError(UserError):
-    """A shard of a prepared dataset cannot be read or does not match its manifest entry."""
+    """A shard of a prepared dataset cannot be read or does not match its manifest entry; `uri` and `shard`
+    name it when the failing read knew which (then no search is needed to record it)."""
+
+    def __init__(self, message: str, uri: str | None = None, shard: str | None = None):
+        super().__init__(message)
+        self.uri, self.shard = uri, shard
 
 
 def sha256_of(filesystem: pafs.FileSystem, path: str) -> str:
@@ -104,7 +109,7 @@ def read_table(filesystem: pafs.FileSystem, path: str, columns: list[str] | None
     except Exception as error:  # noqa: BLE001
         where = locate(filesystem, path, columns) or _first_line(error)
         raise DamagedShardError(
-            f"shard {uri}/{shard} cannot be read: {where}. " + how_to_repair(manifest or {}, uri)
+            f"shard {uri}/{shard} cannot be read: {where}. " + how_to_repair(manifest or {}, uri), uri=uri, shard=shard,
         ) from None
 
 

@@ -193,10 +193,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     plan: PretrainingPlan = loop_config["plan"]
     try:
         eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
-    except DamagedShardError as error:  # the kNN bank reads the train split's shards first
-        if damage := damage_report(plan):
-            record_damage(damaged_marker, damage)
-        raise error
+    except DamagedShardError as error:  # the kNN bank reads the train split's shards first; the read named it
+        if error.uri:
+            record_damage(damaged_marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
+        raise
     shard = ray.train.get_dataset_shard("train")
     batches = None
     while trainer.epoch < run.epochs:
