@@ -44,12 +44,13 @@ def main() -> None:
     def pixels(images: torch.Tensor) -> torch.Tensor:
         return F.normalize(images.reshape(len(images), -1).float(), dim=1)
 
-    pixel = knn_top1(pixels(eval_set.query_images), query_labels, pixels(eval_set.bank_images), bank_labels, classes, k, temperature)
+    bank_images, query_images = (torch.from_numpy(images.array()) for images in (eval_set.bank_images, eval_set.query_images))
+    pixel = knn_top1(pixels(query_images), query_labels, pixels(bank_images), bank_labels, classes, k, temperature)
     torch.set_num_threads(os.cpu_count() or 1)
     trainer = Trainer(run, channels_of(manifest), manifest["mean"], manifest["std"], steps_per_epoch=1)
     random = trainer.evaluate([eval_set])["knn_top1"]
     print(f"{data_uri}: bank {len(bank_labels)}, queries {len(query_labels)}, {classes} classes, "
-          f"evaluation images {tuple(eval_set.bank_images.shape[1:])}, k={k}, T={temperature}")
+          f"evaluation images {tuple(bank_images.shape[1:])}, k={k}, T={temperature}")
     print(f"  kNN top-1, raw pixels:                     {pixel:.4f}")
     print(f"  kNN top-1, random {run.model.backbone} (seed {run.seed}): {random:.4f}")
 

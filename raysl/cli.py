@@ -393,6 +393,7 @@ def command_eval(args: argparse.Namespace) -> None:
     options = FeatureOptions(
         torch.tensor(manifest["mean"], device=device), torch.tensor(manifest["std"], device=device),
         run.evaluation.feature_batch(device.type), device, autocast_dtype(run, device),
+        feature_dtype=getattr(torch, run.evaluation.feature_dtype),
     )
     _log(f"evaluating {directory} (epoch {state.get('epoch')}, {run.method.name}) on {device}")
     rows = full_evaluation(method.backbone, load_eval_sets(run, data_uri, pool_uris), run.evaluation, options, log=_log)
@@ -426,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="encoded: shrink images whose long side is larger (default 512; 0: no limit)")
     prepare.add_argument("--quality", type=int, default=90, help="encoded: JPEG quality of re-encoded images (default 90)")
     prepare.add_argument("--classes", metavar="FILE", help="image folders: keep only the class folders listed "
-                         "in FILE (one a line, # comments)")
+                         "in FILE (one a line, # comments), or in a shipped list: imagenet100 (the CMC ImageNet-100 "
+                         "subset; an existing file of that name wins); every listed class needs train images")
     prepare.add_argument("--image-column", default="image", help="parquet: the column of encoded image bytes")
     prepare.add_argument("--label-column", default="label", help="parquet: the label column (int or string)")
     prepare.add_argument("--test-fraction", type=float, default=0.1,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator, model_validator
 
 from raysl.errors import UserError
 
@@ -153,14 +153,43 @@ class DataConfig(Schema):
 
 
 class ModelConfig(Schema):
-    backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
+    backbone: str = "small_cnn"
+    """small_cnn (raysl's own, cheap on CPU) or any torchvision classification model by its registry name
+    (resnet18, resnet50, convnext_tiny, vit_b_16, ...: torchvision.models.list_models()), built with random
+    weights, its classifier removed; the feature width is read from the model."""
+    stem: Literal["auto", "imagenet", "cifar"] = "auto"
+    """ResNet-family backbones: imagenet (7x7 stride-2 conv + max-pool, as torchvision builds it) or cifar
+    (3x3 stride-1 conv, no max-pool: for small images). auto: cifar when the first global crop is below 64
+    px, else imagenet. Other torchvision models keep their own stem (cifar is refused for them)."""
     width: Annotated[int, Field(ge=4, le=512)] = 32
-    """Channels of the small CNN's first stage (doubles per stage); ignored by resnet18."""
+    """Channels of the small CNN's first stage (doubles per stage); ignored by torchvision backbones."""
     pool_size: Annotated[int, Field(ge=1, le=4)] = 1
     """Small CNN: average-pool the last feature map to pool_size x pool_size (1: global average pool).
     Features are 4 x width x pool_size^2 wide; above 1 they keep coarse layout (top vs bottom)."""
     projector_hidden: Annotated[int, Field(ge=8)] = 512
     projector_out: Annotated[int, Field(ge=8)] = 128
+    _image_size: int | None = PrivateAttr(default=None)  # set by raysl.methods.backbone_config
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from raysl.models import backbone_names
+
+        names = backbone_names()
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown backbone {name!r}{hint} (small_cnn or a torchvision classification model name: "
+                             f"torchvision.models.list_models(torchvision.models))")
+        return name
+
+    def resolved_stem(self, image_size: int) -> str:
+        """The stem the backbone gets for training crops of `image_size` px (auto: cifar below 64 px for ResNets)."""
+        from raysl.models import is_resnet_family
+
+        if self.stem != "auto":
+            return self.stem
+        return "cifar" if image_size < 64 and is_resnet_family(self.backbone) else "imagenet"
 
 
 Temperature = Annotated[float, Field(gt=0.0, le=10.0)]
@@ -257,11 +286,21 @@ MethodConfig = Annotated[
 class OptimizerConfig(Schema):
     name: Literal["sgd", "lars", "adamw"] = "adamw"
     lr: Annotated[float, Field(gt=0.0, le=1e6)] = 2e-3
-    """Learning rate for the global batch (no implicit scaling)."""
+    """Base learning rate. The optimiser runs at lr x scale(batch_size / reference_batch), scale by lr_scaling."""
+    lr_scaling: Literal["linear", "sqrt", "none"] = "none"
+    """How the learning rate follows the global batch: linear (lr x batch / reference_batch, Goyal et al.; the
+    SimCLR / MoCo / BYOL convention), sqrt (LARS / LAMB convention), none (lr as given)."""
+    reference_batch: Annotated[int, Field(ge=1)] = 256
+    """The global batch at which the optimiser runs at exactly lr."""
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     """SGD / LARS momentum (AdamW uses beta1 = 0.9)."""
     lars_trust: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+
+    def scaled_lr(self, batch_size: int) -> float:
+        """The learning rate the optimiser runs at for a global batch of `batch_size` images."""
+        ratio = batch_size / self.reference_batch
+        return self.lr * {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scaling]
 
 
 class ScheduleConfig(Schema):
@@ -340,8 +379,20 @@ class EvaluationConfig(Schema):
     knn_k: Annotated[int, Field(ge=1)] = 200
     knn_temperature: Positive = 0.1
     bank_limit: Annotated[int, Field(ge=1)] | None = None
-    """Use the first N train images as the bank (None: all; the protocol uses all)."""
+    """A class-balanced bank of N train images: the same number of each class (the first classes one more when
+    it does not divide; a class with fewer gives all it has), the first in stored order (rows were shuffled when
+    prepared). None: every train image (the protocol)."""
     query_limit: Annotated[int, Field(ge=1)] | None = None
+    """The first N test images as queries (None: all)."""
+    every: Annotated[int, Field(ge=1)] = 1
+    """Run the kNN monitor every N epochs (and always after the last). Epochs between report the last measured
+    knn_top1 (knn_epoch says which epoch it is from), so ASHA's rungs should fall on measured epochs."""
+    feature_dtype: Literal["float16", "float32"] = "float16"
+    """How bank and query features are kept (on the model's device): float16 halves the memory of the bank."""
+    pixel_cache_mb: Annotated[float, Field(ge=0.0)] = 1024.0
+    """Evaluation images are kept decoded in memory between evaluations when this rank's share fits in this
+    many MiB (Fashion-MNIST's 70k: 52 MiB); otherwise they are streamed from the shards at every evaluation,
+    so memory holds features, not pixels. 0: always stream."""
     batch_size: Annotated[int, Field(ge=1)] | None = None
     """Images per feature-extraction batch. None: 256 on CPU (a small CNN's features came 1.6x faster than
     at 1024 on the dev machine: cache), 1024 on an accelerator."""
@@ -447,6 +498,7 @@ class RunConfig(Schema):
             )
         self._check_views()
         self._check_method()
+        self._check_model()
         if len(set(self.evaluation.label_sets)) != len(self.evaluation.label_sets):
             raise ValueError(f"evaluation.label_sets {self.evaluation.label_sets} names one set twice")
         if self.schedule.warmup_epochs > self.epochs:
@@ -473,6 +525,21 @@ class RunConfig(Schema):
                 raise ValueError("wmse needs 2 or more views of one size (views.crops: count = positives per image)")
         elif self.views.num_views != 2 or len(sizes) != 1:
             raise ValueError(f"{name} needs exactly 2 views of one size (views.crops: one spec with count 2)")
+
+    def _check_model(self) -> None:
+        from raysl.models import is_resnet_family
+
+        name = self.model.backbone
+        if name == "small_cnn":
+            return
+        if self.model.stem == "cifar" and not is_resnet_family(name):
+            raise ValueError(f"model.stem cifar is for the ResNet family (resnet*, resnext*, wide_resnet*); {name} "
+                             f"keeps its own stem (model.stem: auto or imagenet)")
+        if name.startswith(("vit_", "swin_", "maxvit_")):
+            sizes = {spec.size for spec in self.views.crops} | {self.eval_size}
+            if name.startswith("vit_") and len(sizes) != 1:
+                raise ValueError(f"{name} is built for one input size, but views.crops and evaluation.image_size give "
+                                 f"{sorted(sizes)}: make them equal")
 
     def _check_method(self) -> None:
         method = self.method

@@ -1,6 +1,13 @@
-"""Backbones, projector and predictor: the pieces every method shares."""
+"""Backbones, projector and predictor: the pieces every method shares.
+
+A backbone is raysl's small CNN or any torchvision classification model by its registry name, built with
+random weights and its classifier removed (the last nn.Linear becomes nn.Identity, so the state_dict keys
+are torchvision's own, less the classifier's). ResNet-family models take an ImageNet or a CIFAR stem.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torchvision
@@ -41,22 +48,61 @@ class SmallCNN(nn.Module):
         return self.features(images)
 
 
-def cifar_resnet18(in_channels: int) -> nn.Module:
-    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool, no classifier."""
-    model = torchvision.models.resnet18(weights=None)
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    model.fc = nn.Identity()
-    model.out_dim = 512
+@functools.cache
+def backbone_names() -> tuple[str, ...]:
+    """small_cnn and every torchvision classification model (not detection, segmentation, video, quantized)
+    with a linear classifier to remove (SqueezeNet's is a convolution: left out)."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    return ("small_cnn", *(name for name in names if not name.startswith("squeezenet")))
+
+
+def is_resnet_family(name: str) -> bool:
+    return name.startswith(("resnet", "resnext", "wide_resnet"))
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attribute = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attribute, module)
+
+
+def _with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                     conv.groups, conv.bias is not None, conv.padding_mode)
+
+
+def torchvision_backbone(name: str, in_channels: int, stem: str, image_size: int) -> nn.Module:
+    """torchvision's `name` with random weights, the classifier (its last nn.Linear) removed, the first conv
+    taking `in_channels`; `stem` cifar (ResNet family): conv1 3x3 stride 1, no max-pool. `out_dim` is the
+    feature width (the removed classifier's input width)."""
+    kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
+    if name.startswith(("googlenet", "inception")):
+        kwargs.update(aux_logits=False, init_weights=True)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    linears = [(path, module) for path, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"backbone {name}: no linear classifier to remove (a convolutional head); pick another model")
+    path, classifier = linears[-1]
+    _replace(model, path, nn.Identity())
+    if stem == "cifar":
+        if not is_resnet_family(name):
+            raise ValueError(f"model.stem cifar is for the ResNet family; {name} keeps its own stem")
+        model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        first = next((path, module) for path, module in model.named_modules() if isinstance(module, nn.Conv2d))
+        _replace(model, first[0], _with_in_channels(first[1], in_channels))
+    model.out_dim = classifier.in_features
     return model
 
 
-def build_backbone(config: ModelConfig, in_channels: int) -> nn.Module:
+def build_backbone(config: ModelConfig, in_channels: int, image_size: int | None = None) -> nn.Module:
+    """The backbone `config` names, for images of `in_channels` channels and training crops of `image_size` px
+    (default: the size raysl.methods.backbone_config recorded, else 224)."""
+    image_size = image_size or getattr(config, "_image_size", None) or 224
     if config.backbone == "small_cnn":
         return SmallCNN(in_channels, config.width, config.pool_size)
-    if config.backbone == "resnet18":
-        return cifar_resnet18(in_channels)
-    raise ValueError(f"unknown backbone {config.backbone!r}")
+    return torchvision_backbone(config.backbone, in_channels, config.resolved_stem(image_size), image_size)
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, *, last_bn: bool = False) -> nn.Sequential:

@@ -41,7 +41,7 @@ def test_encoded_manifest_and_evaluation_images(encoded_dataset):
     assert manifest["storage"] == "encoded" and manifest["image_shape"] is None and manifest["channels"] == 3
     run = _run(encoded_dataset, evaluation={"knn_k": 20, "image_size": 40})
     (eval_set,) = load_eval_sets(run, encoded_dataset)
-    assert eval_set.bank_images.shape == (400, 40, 40, 3) and eval_set.query_images.shape == (100, 40, 40, 3)
+    assert eval_set.bank_images.array().shape == (400, 40, 40, 3) and eval_set.query_images.array().shape == (100, 40, 40, 3)
     labels = eval_set.labels["label"][0]
     assert set(labels.tolist()) == set(range(10))  # class folders, not split folders, are the classes
 
@@ -141,7 +141,7 @@ def test_data_conditions_on_encoded_data(encoded_dataset, tiny_dataset, tmp_path
     assert len(batches) == 4 and all(views[0].shape == (50, 3, 32, 32) for views in batches)
     sets = load_eval_sets(run, encoded_dataset, [tiny_dataset])
     assert [s.dataset for s in sets] == ["prepared", "tiny"]
-    assert sets[1].bank_images.shape[1:] == (32, 32, 3)  # the pool dataset in the main dataset's evaluation shape
+    assert sets[1].bank_images.array().shape[1:] == (32, 32, 3)  # the pool dataset in the main dataset's evaluation shape
 
 
 def test_a_fixed_shape_run_can_pool_an_encoded_dataset(encoded_dataset, tiny_dataset):
@@ -154,7 +154,7 @@ def test_a_fixed_shape_run_can_pool_an_encoded_dataset(encoded_dataset, tiny_dat
     images = in_memory_epoch_images(plan)
     assert images.shape == (2000, 28, 28, 1)  # tiny's 2000 split by weight with the folder's images, gray 28x28
     sets = load_eval_sets(run, tiny_dataset, [encoded_dataset])
-    assert sets[1].query_images.shape == (100, 28, 28, 1)
+    assert sets[1].query_images.array().shape == (100, 28, 28, 1)
 
 
 @pytest.mark.slow

@@ -84,3 +84,131 @@ def load_eval_split(uri: str, manifest: dict, split: str, shape: Sequence[int], 
     if not images:
         return np.empty((0, *shape), np.uint8), {column: np.empty(0, np.int64) for column in label_columns}
     return np.concatenate(images), {column: np.concatenate(parts) for column, parts in labels.items()}
+
+
+def shard_row_counts(uri: str, manifest: dict, split: str) -> list[tuple[str, int]]:
+    """(shard, rows) of a split's shards in order: from the manifest's file entries, else each shard's footer."""
+    from raysl.data.prepare import _split_entry
+
+    shards = _split_entry(manifest, uri, split)["shards"]
+    files = manifest.get("files") or {}
+    if all(shard in files for shard in shards):
+        return [(shard, int(files[shard]["rows"])) for shard in shards]
+    import pyarrow.parquet as pq
+
+    filesystem, root = open_filesystem(uri)
+    counts = []
+    for shard in shards:
+        with filesystem.open_input_file(f"{root}/{shard}") as handle:
+            counts.append((shard, pq.ParquetFile(handle).metadata.num_rows))
+    return counts
+
+
+def split_labels(uri: str, manifest: dict, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Label columns (int64) of every row of a split, in stored order, without reading the images."""
+    parts: dict[str, list[np.ndarray]] = {column: [] for column in columns}
+    for table in split_tables(uri, manifest, split, list(columns)):
+        for column in columns:
+            parts[column].append(table.column(column).to_numpy().astype(np.int64))
+    return {column: np.concatenate(chunks) if chunks else np.empty(0, np.int64) for column, chunks in parts.items()}
+
+
+def balanced_rows(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Row numbers (sorted) of a class-balanced subset of at most `limit` labelled rows: `limit // classes` of
+    every class, one more for the first `limit % classes` classes, the first in stored order (rows were shuffled
+    when prepared); a class with fewer rows gives all it has. Unlabelled rows (-1) are never chosen. None: all rows."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) == 0:
+        return np.arange(min(limit, len(labels)), dtype=np.int64)
+    quota, extra = divmod(limit, len(classes))
+    chosen = [np.flatnonzero(labels == label)[: quota + (position < extra)] for position, label in enumerate(classes)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+class EvalImages:
+    """One split's evaluation images, read on demand in the evaluation shape (H, W, C): the rows `rows` (sorted
+    row numbers in stored order), divided across ranks in contiguous shares (rank r: the r-th of `world` equal
+    parts), so that gathering the shares in rank order gives one rank's order. Pixels datasets are brought to
+    `shape` by to_shape, encoded ones by the evaluation transform. A rank's share is kept decoded after its first
+    pass when it fits in `cache_bytes`; otherwise every pass streams it shard by shard (memory: a shard and a
+    batch of images)."""
+
+    def __init__(self, uri: str, manifest: dict, split: str, shape: Sequence[int], rows: np.ndarray, *,
+                 crop_fraction: float = 0.875, cache_bytes: float = 0.0):
+        self.uri, self.manifest, self.split = uri, manifest, split
+        self.shape = tuple(int(size) for size in shape)
+        self.rows = np.asarray(rows, np.int64)
+        self.crop_fraction, self.cache_bytes = crop_fraction, cache_bytes
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def bounds(self, rank: int, world: int) -> tuple[int, int]:
+        """The positions [start, stop) in `rows` of rank's share."""
+        count = len(self.rows)
+        return rank * count // world, (rank + 1) * count // world
+
+    def share(self, rank: int = 0, world: int = 1) -> np.ndarray:
+        start, stop = self.bounds(rank, world)
+        return self.rows[start:stop]
+
+    def array(self) -> np.ndarray:
+        """Every row's image, uint8 (N, H, W, C), in one array (tests and benchmarks; training never holds them)."""
+        batches = list(self.batches())
+        return np.concatenate(batches) if batches else np.empty((0, *self.shape), np.uint8)
+
+    def batches(self, rank: int = 0, world: int = 1, batch_size: int = 256) -> Iterator[np.ndarray]:
+        """Rank's share as uint8 (n, H, W, C) batches of `batch_size` (the last may be smaller), in row order."""
+        cached = self._cache.get((rank, world))
+        if cached is not None:
+            for start in range(0, len(cached), batch_size):
+                yield cached[start : start + batch_size]
+            return
+        share = self.share(rank, world)
+        keep = len(share) * int(np.prod(self.shape)) <= self.cache_bytes
+        kept = []
+        pending: list[np.ndarray] = []
+        held = 0
+        for images in self._read(share, batch_size):
+            pending.append(images)
+            held += len(images)
+            while held >= batch_size:
+                merged = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                batch, rest = merged[:batch_size], merged[batch_size:]
+                pending, held = ([rest] if len(rest) else []), len(rest)
+                if keep:
+                    kept.append(batch)
+                yield batch
+        if held:
+            batch = np.concatenate(pending)
+            if keep:
+                kept.append(batch)
+            yield batch
+        if keep:
+            self._cache[(rank, world)] = np.concatenate(kept) if kept else np.empty((0, *self.shape), np.uint8)
+
+    def _read(self, share: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        """The images of `share` (sorted row numbers), shard by shard, decoded `batch_size` rows at a time."""
+        from raysl.data.prepare import _pixels
+
+        if len(share) == 0:
+            return
+        filesystem, root = open_filesystem(self.uri)
+        first = 0
+        for shard, count in shard_row_counts(self.uri, self.manifest, self.split):
+            wanted = share[(share >= first) & (share < first + count)] - first
+            first += count
+            if len(wanted) == 0:
+                continue
+            table = read_table(filesystem, f"{root}/{shard}", ["image"], uri=self.uri, shard=shard, manifest=self.manifest)
+            column = table.column("image").take(pa.array(wanted))
+            for start in range(0, len(column), batch_size):
+                part = column.slice(start, batch_size)
+                if is_encoded(self.manifest):
+                    yield eval_pixels(part.to_pylist(), self.shape, channels_of(self.manifest), self.crop_fraction)
+                else:
+                    yield to_shape(_pixels(part, tuple(self.manifest["image_shape"])), self.shape)
+            del table, column

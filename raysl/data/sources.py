@@ -442,11 +442,27 @@ def _list_classes(
     return classes, [name for name in files if _is_image_name(name)]
 
 
+SHIPPED_CLASS_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "classlists")
+
+
+def shipped_class_lists() -> list[str]:
+    """The names of the class lists shipped in raysl/classlists/ (a file's stem, e.g. imagenet100)."""
+    if not os.path.isdir(SHIPPED_CLASS_LISTS):
+        return []
+    return sorted(name[:-4] for name in os.listdir(SHIPPED_CLASS_LISTS) if name.endswith(".txt"))
+
+
 def read_class_list(classes_file: str) -> list[str]:
-    """The class folder names listed in a text file (one a line; blank lines and `#` comment lines ignored)."""
+    """The class folder names listed in a text file (one a line; blank lines and `#` comment lines ignored),
+    sorted and without repeats. `classes_file` may also name a shipped list (`imagenet100`: raysl/classlists/)
+    when no file of that name exists; an existing file takes precedence."""
     filesystem, path = open_filesystem(classes_file)
     if not _is_file(filesystem, path):
-        raise UserError(f"--classes {classes_file}: no such file; pass a text file with one class folder name a line")
+        if classes_file in shipped_class_lists():
+            filesystem, path = pafs.LocalFileSystem(), os.path.join(SHIPPED_CLASS_LISTS, f"{classes_file}.txt")
+        else:
+            raise UserError(f"--classes {classes_file}: no such file; pass a text file with one class folder name a "
+                            f"line, or a shipped list name ({', '.join(shipped_class_lists())})")
     try:
         text = read_bytes(filesystem, path).decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -24,7 +24,15 @@ def view_roles(run: RunConfig) -> list[str]:
     return [spec.role for spec in run.views.crops for _ in range(spec.count)]
 
 
+def backbone_config(run: RunConfig):
+    """run.model with its stem resolved for the run's first global crop (the input size the backbone is built for)."""
+    size = next(spec.size for spec in run.views.crops if spec.role == "global")
+    model = run.model.model_copy(update={"stem": run.model.resolved_stem(size)})
+    model._image_size = size
+    return model
+
+
 def build_method(run: RunConfig, in_channels: int) -> nn.Module:
     if run.method.name.startswith("logo-"):
-        return LoGo(run.model, run.method, in_channels, view_roles(run))
-    return METHODS[run.method.name](run.model, run.method, in_channels)
+        return LoGo(backbone_config(run), run.method, in_channels, view_roles(run))
+    return METHODS[run.method.name](backbone_config(run), run.method, in_channels)

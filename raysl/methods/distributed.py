@@ -48,3 +48,29 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_uneven(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0 in rank order, where rank r holds counts[r] rows (padded to
+    the largest for all_gather, then trimmed). The identity without a process group."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return tensor
+    largest = max(counts)
+    padded = tensor.new_zeros((largest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
+@torch.no_grad()
+def sum_over_ranks(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise sum of `values` over ranks (float64); the values themselves without a process group."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

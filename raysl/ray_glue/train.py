@@ -191,9 +191,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # resume shows in Tune's results and the run's result, not only in worker logs.
     started_at = trainer.epoch
     plan: PretrainingPlan = loop_config["plan"]
-    try:
-        eval_sets = load_eval_sets(run, data_uri, pool_uris) if rank == 0 else None
-    except DamagedShardError as error:  # the kNN bank reads the train split's shards first; the read named it
+    try:  # labels only; every rank computes the features of its share of the images at each evaluation
+        eval_sets = load_eval_sets(run, data_uri, pool_uris)
+    except DamagedShardError as error:  # the labels are read from the train split's shards first; the read named it
         if error.uri:
             record_damage(damaged_marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
         raise
@@ -210,8 +210,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             write_text(marker, str(error))
             raise
         metrics["resumed_at_epoch"] = started_at
+        metrics.update(monitor_or_damage(trainer, eval_sets, damaged_marker))  # every rank: its share of the features
         if rank == 0:
-            metrics.update(trainer.evaluate(eval_sets))
             print(
                 f"[{label}] epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} "
                 f"knn_top1 {metrics['knn_top1']:.4f} images/s {metrics['images_per_s']:.0f}",
@@ -223,15 +223,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 saving = time.perf_counter()
                 trainer.save(directory)
                 metrics["checkpoint_seconds"] = time.perf_counter() - saving  # writing it; the upload is report's
-                if run.evaluation.final and trainer.epoch == run.epochs:
-                    metrics.update(final_evaluation(trainer, eval_sets, directory, label))
+            if run.evaluation.final and trainer.epoch == run.epochs:  # every rank: its share of the features
+                metrics.update(final_evaluation(trainer, eval_sets, directory, label, write=rank == 0))
+            if rank == 0:
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=saved)
 
 
-def final_evaluation(trainer: Trainer, eval_sets, directory: str, label: str) -> dict[str, float]:
-    """The full evaluation after the last epoch, written as eval.json into the checkpoint being saved."""
-    rows = trainer.full_evaluation(eval_sets, log=lambda text: print(f"[{label}] {text}", flush=True))
+def monitor_or_damage(trainer: Trainer, eval_sets, damaged_marker: str) -> dict[str, float]:
+    """trainer.monitor; a damaged shard met while reading evaluation images is recorded (not retried)."""
+    try:
+        return trainer.monitor(eval_sets)
+    except DamagedShardError as error:
+        if error.uri:
+            record_damage(damaged_marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
+        raise
+
+
+def final_evaluation(trainer: Trainer, eval_sets, directory: str, label: str, *, write: bool = True) -> dict[str, float]:
+    """The full evaluation after the last epoch (every rank computes its share of the features), written by
+    rank 0 (`write`) as eval.json into the checkpoint being saved."""
+    rows = trainer.full_evaluation(eval_sets, log=(lambda text: print(f"[{label}] {text}", flush=True)) if write else None)
+    if not write:
+        return {}
     write_text(f"{directory}/{EVAL_FILE}", eval_document(trainer.run, trainer.epoch, rows))
     return flat_metrics(rows)
 

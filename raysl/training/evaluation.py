@@ -5,37 +5,76 @@ An evaluation set is one prepared dataset's clean train split (the kNN bank, the
 test split (the queries), brought to the model's input shape, with the label sets it is scored against:
 the main dataset's `evaluation.label_sets`, and `label` for each pool dataset. Results are named
 `<dataset>:<label set>`; the monitor's `knn_top1` is the main dataset's first label set.
+
+The images are read on demand (raysl.data.rows.EvalImages), never all held: with a process group, every rank
+computes the features of its share of the bank and of the queries; the bank's features are gathered (every
+rank then holds the whole bank, as float16 on its device by default), each rank scores its own queries against
+the whole bank, and the counts are summed. One rank gives the same figure (tested). Memory is features (a
+1.28M-image ResNet-50 bank: 1.28M x 2048 x 2 bytes = 5.2 GB per device), not pixels.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from raysl.config import EvaluationConfig, RunConfig
-from raysl.data.conditions import budget_indices, budget_name, to_shape
+from raysl.data.conditions import budget_indices, budget_name
 from raysl.data.labelsets import LabelSet, resolve_label_set
-from raysl.data.prepare import load_labels, load_split, read_manifest
-from raysl.data.rows import is_encoded, load_eval_split
+from raysl.data.prepare import read_manifest
+from raysl.data.rows import EvalImages, balanced_rows, split_labels
 from raysl.errors import UserError
+from raysl.methods.distributed import gather_uneven, rank_and_world_size, sum_over_ranks
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
 from raysl.training.probe import probe_accuracy, train_linear_probe
 
 
+class ArrayImages:
+    """Evaluation images already in memory (uint8 (N, H, W, C), numpy or torch), with EvalImages' interface."""
+
+    def __init__(self, images):
+        self.images = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def bounds(self, rank: int, world: int) -> tuple[int, int]:
+        return rank * len(self) // world, (rank + 1) * len(self) // world
+
+    def array(self) -> np.ndarray:
+        return self.images
+
+    def batches(self, rank: int = 0, world: int = 1, batch_size: int = 256) -> Iterator[np.ndarray]:
+        start, stop = self.bounds(rank, world)
+        for position in range(start, stop, batch_size):
+            yield self.images[position : min(stop, position + batch_size)]
+
+
 @dataclass
 class EvalSet:
-    """One dataset's clean uint8 images (N, H, W, C) and, per label set, (bank labels, query labels, classes)."""
+    """One dataset's clean bank and query images (EvalImages, or in-memory images) and, per label set,
+    (bank labels, query labels, classes) of every bank and query row."""
 
     dataset: str
-    bank_images: torch.Tensor
-    query_images: torch.Tensor
+    bank_images: Any
+    query_images: Any
     labels: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not hasattr(self.bank_images, "batches"):
+            self.bank_images = ArrayImages(self.bank_images)
+        if not hasattr(self.query_images, "batches"):
+            self.query_images = ArrayImages(self.query_images)
 
     def key(self, label_set: str) -> str:
         return f"{self.dataset}:{label_set}"
@@ -48,32 +87,35 @@ def label_sets_of(run: RunConfig, manifest: dict) -> list[LabelSet]:
 
 def load_eval_sets(run: RunConfig, data_uri: str, pool_uris: list[str] | tuple[str, ...] = ()) -> list[EvalSet]:
     """The main dataset's evaluation set (its label sets), then one per pool dataset (its `label`), all in the
-    main dataset's image shape; evaluation.bank_limit / query_limit keep the first N rows."""
+    main dataset's image shape. Reads labels only; the images are read when features are computed.
+    evaluation.bank_limit keeps a class-balanced bank (by the first label set's column), query_limit the first
+    N test rows."""
     from raysl.data.pretraining import main_shape
 
     manifest = read_manifest(data_uri)
     shape = main_shape(run, manifest)
-    limits = run.evaluation.bank_limit, run.evaluation.query_limit
+    config = run.evaluation
     sets = []
     sources = [(run.data.label, data_uri, label_sets_of(run, manifest))]
     for entry, uri in zip(run.data.pool, pool_uris):
         sources.append((entry.label, uri, [resolve_label_set("label", read_manifest(uri), field=f"data.pool {entry.label}")]))
     for name, uri, label_sets in sources:
-        columns = sorted({label_set.column for label_set in label_sets})
+        columns = list(dict.fromkeys(label_set.column for label_set in label_sets))
         dataset_manifest = read_manifest(uri)
-        split_data = {}
-        for split, limit in zip(("train", "test"), limits):
-            if is_encoded(dataset_manifest):  # the evaluation transform: short side resized, centre crop
-                split_data[split] = load_eval_split(uri, dataset_manifest, split, shape, limit=limit, label_columns=columns,
-                                                    crop_fraction=run.evaluation.crop_fraction)
-                continue
-            images, labels = load_split(uri, split, limit=limit, label_column=columns[0])
-            others = {column: load_labels(uri, split, column)[: len(labels)] for column in columns[1:]}
-            split_data[split] = (to_shape(images, shape), {columns[0]: labels, **others})
-        eval_set = EvalSet(name, torch.from_numpy(split_data["train"][0]), torch.from_numpy(split_data["test"][0]))
+        images, labels = {}, {}
+        for split in ("train", "test"):
+            split_columns = split_labels(uri, dataset_manifest, split, columns)
+            count = len(split_columns[columns[0]])
+            rows = (balanced_rows(split_columns[columns[0]], config.bank_limit) if split == "train"
+                    else np.arange(min(count, config.query_limit or count), dtype=np.int64))
+            # The pixel cache is per rank; sized here for one rank (a rank's share is smaller).
+            images[split] = EvalImages(uri, dataset_manifest, split, shape, rows, crop_fraction=config.crop_fraction,
+                                       cache_bytes=config.pixel_cache_mb * 2**20)
+            labels[split] = {column: values[rows] for column, values in split_columns.items()}
+        eval_set = EvalSet(name, images["train"], images["test"])
         for label_set in label_sets:
-            bank = label_set.apply(split_data["train"][1][label_set.column])
-            query = label_set.apply(split_data["test"][1][label_set.column])
+            bank = label_set.apply(labels["train"][label_set.column])
+            query = label_set.apply(labels["test"][label_set.column])
             eval_set.labels[label_set.name] = (torch.from_numpy(bank), torch.from_numpy(query), label_set.num_classes)
         sets.append(eval_set)
     return sets
@@ -87,25 +129,96 @@ class FeatureOptions:
     device: torch.device | str = "cpu"
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
+    feature_dtype: torch.dtype = torch.float32
 
     def extract(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Features of in-memory images (float32, on CPU)."""
         return extract_features(
             backbone, images, self.mean, self.std, self.batch_size, self.device, self.autocast_dtype, self.channels_last
         )
 
+    def features(self, backbone: nn.Module, images, *, gather: bool) -> torch.Tensor:
+        """Features (feature_dtype, on the device) of this rank's share of `images` (EvalImages or ArrayImages),
+        decoded a batch ahead in a thread; with gather, every rank's share concatenated in rank order."""
+        rank, world = rank_and_world_size()
+        parts = [
+            extract_features(backbone, torch.from_numpy(np.ascontiguousarray(batch)), self.mean, self.std, self.batch_size,
+                             self.device, self.autocast_dtype, self.channels_last, dtype=self.feature_dtype, on_device=True)
+            for batch in prefetched(images.batches(rank, world, self.batch_size))
+        ]
+        local = torch.cat(parts) if parts else torch.empty((0, feature_width(backbone)), dtype=self.feature_dtype,
+                                                          device=self.device)
+        if gather and world > 1:
+            counts = [stop - start for start, stop in (images.bounds(other, world) for other in range(world))]
+            return gather_uneven(local, counts)
+        return local
+
+
+def feature_width(backbone: nn.Module) -> int:
+    return int(getattr(backbone, "out_dim", 0) or getattr(getattr(backbone, "_orig_mod", None), "out_dim", 0))
+
+
+def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """`batches` made in a background thread, up to `depth` ahead (decoding overlaps the forward passes);
+    an exception there is raised here."""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        handoff.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # handed to the consumer
+            handoff.put(error)
+            return
+        handoff.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True, name="raysl-eval-decode")
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
 
 def monitor_metrics(backbone: nn.Module, sets: list[EvalSet], config: EvaluationConfig, options: FeatureOptions) -> tuple[dict[str, float], torch.Tensor]:
     """The per-epoch kNN top-1: `knn_top1` (main dataset, first label set) and `knn_top1/<dataset>:<label set>`
-    for every other; also returns the main dataset's query features (for the collapse signal)."""
+    for every other; also returns this rank's main-dataset query features (for the collapse signal). With a
+    process group every rank must call it: each scores its share of the queries against the gathered bank."""
+    rank, world = rank_and_world_size()
     metrics, main_queries = {}, None
     for set_index, eval_set in enumerate(sets):
-        bank = options.extract(backbone, eval_set.bank_images)
-        queries = options.extract(backbone, eval_set.query_images)
+        bank = options.features(backbone, eval_set.bank_images, gather=True)
+        queries = options.features(backbone, eval_set.query_images, gather=False)
+        start, stop = eval_set.query_images.bounds(rank, world)
         main_queries = queries if main_queries is None else main_queries
-        for label_index, (name, (bank_labels, query_labels, classes)) in enumerate(eval_set.labels.items()):
-            scored = (bank_labels >= 0, query_labels >= 0)
+        counts = []
+        for name, (bank_labels, query_labels, classes) in eval_set.labels.items():
+            bank_labels = bank_labels.to(bank.device)
+            local_labels = query_labels[start:stop].to(queries.device)
+            scored = (bank_labels >= 0, local_labels >= 0)
             scores = knn_scores(queries[scored[1]], bank[scored[0]], bank_labels[scored[0]], classes, config.knn_k, config.knn_temperature)
-            top1 = topk_accuracy(scores, query_labels[scored[1]], (1,))[1]
+            correct = (scores.argmax(dim=1) == local_labels[scored[1]]).sum().item() if len(scores) else 0
+            counts += [float(correct), float(scored[1].sum().item())]
+        totals = sum_over_ranks(counts, options.device)
+        for label_index, name in enumerate(eval_set.labels):
+            correct, total = totals[2 * label_index], totals[2 * label_index + 1]
+            top1 = correct / total if total else float("nan")
             metrics["knn_top1" if set_index == label_index == 0 else f"knn_top1/{eval_set.key(name)}"] = top1
     return metrics, main_queries
 
@@ -114,19 +227,25 @@ def full_evaluation(
     backbone: nn.Module, sets: list[EvalSet], config: EvaluationConfig, options: FeatureOptions, *, log=None
 ) -> list[dict[str, Any]]:
     """One row per (dataset, label set, budget): kNN top-1 / top-5 (the monitor's protocol, bank = the budget's
-    labelled train images) and linear-probe top-1 / top-5 (fit on the same images' features)."""
+    labelled train images) and linear-probe top-1 / top-5 (fit on the same images' stored features: each
+    dataset's features are computed once, then every budget's kNN and probe use them). With a process group
+    every rank computes its share of the features; rank 0 scores and returns the rows, the others []."""
+    rank, _ = rank_and_world_size()
     rows = []
     for eval_set in sets:
         started = time.perf_counter()
-        bank = options.extract(backbone, eval_set.bank_images)
-        queries = options.extract(backbone, eval_set.query_images)
-        device = torch.device(options.device)
+        bank = options.features(backbone, eval_set.bank_images, gather=True)
+        queries = options.features(backbone, eval_set.query_images, gather=True)
+        if rank != 0:
+            continue
+        bank, queries = bank.float(), queries.float()  # the probe trains in float32
+        device = bank.device
         for name, (bank_labels, query_labels, classes) in eval_set.labels.items():
             scored = query_labels >= 0
-            query_features, query_targets = queries[scored].to(device), query_labels[scored].to(device)
+            query_features, query_targets = queries[scored.to(device)], query_labels[scored].to(device)
             for budget in config.budgets:
                 chosen = torch.from_numpy(budget_indices(bank_labels.numpy(), budget, config.budget_seed))
-                bank_features, bank_targets = bank[chosen].to(device), bank_labels[chosen].to(device)
+                bank_features, bank_targets = bank[chosen.to(device)], bank_labels[chosen].to(device)
                 knn = topk_accuracy(
                     knn_scores(query_features, bank_features, bank_targets, classes, config.knn_k, config.knn_temperature),
                     query_targets,
@@ -167,7 +286,8 @@ def protocol(config: EvaluationConfig) -> dict[str, Any]:
         "probe": {"model": "standardised features -> linear layer with bias", **config.probe.model_dump(),
                   "optimizer": "AdamW, cosine lr"},
         "budgets": [budget_name(budget) for budget in config.budgets], "budget_seed": config.budget_seed,
-        "bank_limit": config.bank_limit, "query_limit": config.query_limit,
+        "bank_limit": config.bank_limit, "bank_limit_rule": "class-balanced, first rows in stored order",
+        "query_limit": config.query_limit, "feature_dtype": config.feature_dtype,
     }
 
 

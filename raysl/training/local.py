@@ -87,7 +87,7 @@ def train_in_process(
         batches = (guarded_batches(streamed_batches(plan, run.batch_size, run.views, generator), plan) if plan.variable
                    else in_process_batches(images, run.batch_size, run.views, generator))
         metrics = trainer.train_epoch(batches)
-        metrics.update(trainer.evaluate(eval_sets))
+        metrics.update(trainer.monitor(eval_sets))
         trainer.save(output)
         if run.evaluation.final and trainer.epoch == run.epochs:
             rows = trainer.full_evaluation(eval_sets, log=log)

@@ -75,12 +75,13 @@ class Trainer:
         # The module the optimiser steps (DDP-wrapped when distributed); self.method stays unwrapped.
         self.model: nn.Module = wrap_model(self.method) if wrap_model else self.method
         torch.manual_seed(run.seed + 1000 * rank + 1)
-        self.optimizer = build_optimizer(self.method, run.optimizer)
+        self.optimizer = build_optimizer(self.method, run.optimizer, run.batch_size)
         self.scheduler = build_scheduler(self.optimizer, run.schedule, steps_per_epoch, run.epochs)
         self.autocast_dtype = autocast_dtype(run, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # bf16 / fp32 need no scaling
         self.epoch = 0  # epochs completed
         self.step = 0
+        self.monitored: dict[str, float] = {}  # the last kNN monitor's figures (evaluation.every > 1 carries them)
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, batches: Iterable[list[torch.Tensor]]) -> dict[str, float]:
@@ -108,7 +109,8 @@ class Trainer:
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"loss became {loss_value} at epoch {self.epoch + 1}, step {steps + 1}; the run stops here and "
-                    f"no checkpoint of this epoch is written. Try a lower optimizer.lr (now {self.run.optimizer.lr}) "
+                    f"no checkpoint of this epoch is written. Try a lower optimizer.lr (now {self.run.optimizer.lr}, "
+                    f"running at {self.run.optimizer.scaled_lr(self.run.batch_size):g} after lr_scaling) "
                     f"or a longer schedule.warmup_epochs."
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -146,17 +148,19 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def feature_options(self) -> FeatureOptions:
         return FeatureOptions(
-            self.mean, self.std, self.run.evaluation.feature_batch(self.device.type), self.device, self.autocast_dtype, self.run.channels_last
+            self.mean, self.std, self.run.evaluation.feature_batch(self.device.type), self.device, self.autocast_dtype,
+            self.run.channels_last, getattr(torch, self.run.evaluation.feature_dtype),
         )
 
     def evaluate(self, sets: list[EvalSet]) -> dict[str, float]:
         """kNN top-1 (bank: clean train images, queries: test images) per evaluation set and label set
-        (`knn_top1` is the main dataset's first), and the collapse signal."""
+        (`knn_top1` is the main dataset's first), and the collapse signal. With a process group, every rank
+        calls it (each computes its share of the features)."""
         started = time.perf_counter()
         metrics, queries = monitor_metrics(self.method.backbone, sets, self.run.evaluation, self.feature_options())
         with torch.no_grad():
             self.method.projector.eval()
-            projected = self.method.projector(queries[:COLLAPSE_SAMPLE].to(self.device))
+            projected = self.method.projector(queries[:COLLAPSE_SAMPLE].to(self.device, torch.float32))
             self.method.projector.train()
         return {
             **metrics,
@@ -164,6 +168,19 @@ class Trainer:
             "embedding_dim": projected.shape[1],
             "eval_seconds": time.perf_counter() - started,
         }
+
+    def monitors_this_epoch(self) -> bool:
+        """Whether the kNN monitor runs after the epoch just completed: every evaluation.every epochs and the last."""
+        return self.epoch % self.run.evaluation.every == 0 or self.epoch >= self.run.epochs
+
+    def monitor(self, sets: list[EvalSet]) -> dict[str, float]:
+        """The monitor's figures for the epoch just completed: measured (monitors_this_epoch) or the last measured
+        ones carried (NaN before the first), with knn_epoch saying which epoch they are from (0: none yet)."""
+        if self.monitors_this_epoch():
+            self.monitored = {**self.evaluate(sets), "knn_epoch": self.epoch}
+            return dict(self.monitored)
+        carried = {key: value for key, value in self.monitored.items() if key != "eval_seconds"}
+        return {"knn_top1": math.nan, "knn_epoch": 0, **carried, "eval_seconds": 0.0}
 
     def full_evaluation(self, sets: list[EvalSet], log=None) -> list[dict[str, Any]]:
         """kNN top-1 / top-5 and the linear probe per evaluation set, label set and labeled budget."""
@@ -182,6 +199,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "monitored": {key: float(value) for key, value in self.monitored.items()},
             "config": self.run.model_dump(mode="json"),
             "git_commit": self.git_commit,
         }
@@ -192,6 +210,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.monitored = dict(state.get("monitored", {}))
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
 

@@ -45,15 +45,17 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimizerConfig, batch_size: int | None = None) -> torch.optim.Optimizer:
+    """The optimiser at config.lr, scaled for a global batch of `batch_size` by config.lr_scaling (None: unscaled)."""
     # Momentum encoders (MoCo's key encoder, BYOL's target) are parameters without gradients: not stepped.
     params = [param for param in model.parameters() if param.requires_grad]
+    lr = config.scaled_lr(batch_size) if batch_size else config.lr
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.name == "lars":
-        return LARS(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, trust=config.lars_trust)
+        return LARS(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, trust=config.lars_trust)
     if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.name!r}")
 
 
