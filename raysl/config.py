@@ -851,7 +851,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = Non
         ]
         hint = f"\n  ({', '.join(misplaced)}: run fields of a sweep go under base:, e.g. base.{misplaced[0]})" if misplaced else ""
         raise UserError(f"{path}: invalid sweep config\n{_validation_message(error)}{hint}") from None
-    notes = check_search_space(sweep, str(path))
+    notes = check_search_space(sweep, str(path)) + rung_notes(sweep)
     if smoke:
         sweep = _smoke_search(sweep)
     sweep._notes = notes
@@ -886,6 +886,24 @@ def _field_paths(data: Any, prefix: str = "") -> list[str]:
 
 
 MAX_COMBINATIONS = 4096
+
+
+def rung_notes(sweep: SweepConfig) -> list[str]:
+    """A note when ASHA's rungs (grace_period x reduction_factor^k up to the last epoch) fall on epochs where the
+    kNN monitor does not run (evaluation.every > 1): there ASHA compares the last measured figure (or NaN)."""
+    every = sweep.base.evaluation.every
+    if not isinstance(sweep.scheduler, ASHAConfig) or every == 1 or "evaluation.every" in sweep.search:
+        return []
+    last, rungs, rung = sweep.max_epochs, [], float(sweep.scheduler.grace_period)
+    while rung < last:
+        rungs.append(int(rung))
+        rung *= sweep.scheduler.reduction_factor
+    off = [rung for rung in rungs if rung % every]
+    if not off:
+        return []
+    return [f"note: ASHA decides at epochs {', '.join(map(str, rungs))}, but evaluation.every {every} measures kNN at "
+            f"epochs {every}, {2 * every}, ...: at {', '.join(map(str, off))} ASHA compares an older figure (NaN before "
+            f"the first); make scheduler.grace_period a multiple of {every} with an integer reduction_factor"]
 
 
 def check_search_space(sweep: SweepConfig, source: str) -> list[str]:

@@ -65,8 +65,10 @@ class Trial:
 
     @property
     def knn(self) -> list[tuple[int, float]]:
-        """(epoch, knn_top1) of every epoch with a finite score."""
-        return [(int(row["epoch"]), row[METRIC]) for row in self.rows if _finite(row.get(METRIC)) is not None]
+        """(epoch, knn_top1) of every epoch with a finite score measured at that epoch (evaluation.every > 1:
+        the epochs between carry the last figure, knn_epoch < epoch; they are left out)."""
+        return [(int(row["epoch"]), row[METRIC]) for row in self.rows if _finite(row.get(METRIC)) is not None
+                and int(_finite(row.get("knn_epoch")) or row["epoch"]) == int(row["epoch"])]
 
     @property
     def best(self) -> float | None:

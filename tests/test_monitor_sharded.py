@@ -154,3 +154,14 @@ def test_the_monitor_runs_every_n_epochs_and_the_last(tiny_dataset, tmp_path):
     resumed = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1)
     resumed.load(tmp_path)  # a restart between measurements carries the last measured figure, not NaN
     assert resumed.epoch == 3 and resumed.monitored["knn_epoch"] == 2 and resumed.monitored["knn_top1"] == seen[1][2]
+
+
+def test_validation_notes_asha_rungs_that_fall_between_measurements(tmp_path):
+    from raysl.config import load_sweep_config
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("base: {epochs: 20, evaluation: {every: 3}}\nscheduler: {name: asha, grace_period: 2, reduction_factor: 2}\n")
+    (note,) = load_sweep_config(path)._notes
+    assert "ASHA decides at epochs 2, 4, 8, 16" in note and "at 2, 4, 8, 16" in note and "multiple of 3" in note
+    path.write_text("base: {epochs: 20, evaluation: {every: 2}}\nscheduler: {name: asha, grace_period: 2, reduction_factor: 2}\n")
+    assert load_sweep_config(path)._notes == []

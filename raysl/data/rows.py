@@ -204,7 +204,9 @@ class EvalImages:
             if len(wanted) == 0:
                 continue
             table = read_table(filesystem, f"{root}/{shard}", ["image"], uri=self.uri, shard=shard, manifest=self.manifest)
-            column = table.column("image").take(pa.array(wanted))
+            column = table.column("image")
+            contiguous = int(wanted[-1]) - int(wanted[0]) + 1 == len(wanted)  # a rank's share: a zero-copy slice
+            column = column.slice(int(wanted[0]), len(wanted)) if contiguous else column.take(pa.array(wanted))
             for start in range(0, len(column), batch_size):
                 part = column.slice(start, batch_size)
                 if is_encoded(self.manifest):

@@ -1,0 +1,65 @@
+"""The seed setups as sweep files: sweeps/imagenet100-moco.yaml and imagenet100-logo-moco.yaml validate as
+shipped (ResNet-18, 224 px, GPU workers, CPU augmentation nodes), and run with --smoke through real Ray on
+the generated variable-size folder, on CPU (the GPU and node-label resources and the crop sizes overridden:
+CI has 2 cores and no GPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysl.config import load_sweep_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = ["imagenet100-moco.yaml", "imagenet100-logo-moco.yaml"]
+ON_CPU = [
+    "base.resources.workers=1", "base.resources.gpus_per_worker=0", "base.resources.cpus_per_worker=0.5",
+    "base.resources.data_actors=1", "base.resources.data_cpus=0.25", "base.resources.torch_threads=1",
+    "base.resources.augment_on=null", "base.resources.train_on=null", "base.views.crops.0.size=64",
+    "base.evaluation.image_size=64", "base.evaluation.probe.epochs=5", "base.batch_size=128",
+]
+
+
+@pytest.mark.parametrize("name", SEEDS)
+def test_seed_sweeps_validate_as_shipped(name):
+    sweep = load_sweep_config(ROOT / "sweeps" / name)
+    base = sweep.base
+    assert base.model.backbone == "resnet18" and base.model.stem == "imagenet"
+    assert base.views.crops[0].size == 224 and base.evaluation.image_size == 224
+    assert base.resources.gpus_per_worker == 1 and base.resources.train_on and base.resources.augment_on
+    assert base.optimizer.name == "sgd" and base.optimizer.lr_scaling == "linear"
+    assert base.optimizer.scaled_lr(base.batch_size) == pytest.approx(0.03)  # MoCo v2: 0.03 per 256 images
+    if "logo" in name:
+        assert base.method.ll_weight == 0.0005 and base.views.crops[1].size == 96
+    result = subprocess.run([sys.executable, "-m", "raysl", "validate", str(ROOT / "sweeps" / name)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "valid sweep config" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEEDS)
+def test_seed_sweeps_run_with_smoke_on_the_generated_folder(name, encoded_dataset, tmp_path):
+    overrides = [*ON_CPU, f"base.data.path={encoded_dataset}", f"storage_path={tmp_path / 'results'}"]
+    if "logo" in name:
+        overrides.append("base.views.crops.1.size=32")
+    args = [sys.executable, "-m", "raysl", "sweep", str(ROOT / "sweeps" / name), "--smoke"]
+    for override in overrides:
+        args += ["--set", override]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    experiment = Path(result.stdout.strip().splitlines()[-1])
+    with open(experiment / "leaderboard.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(row["status"] == "completed" for row in rows)
+    assert all(0.0 <= float(row["knn_top1"]) <= 1.0 for row in rows)
+    trials = sorted(experiment.glob("trial_*"))
+    assert len(trials) == 2
+    for trial in trials:
+        result_lines = (trial / "result.json").read_text().splitlines()
+        last = json.loads(result_lines[-1])
+        assert last["knn_epoch"] == 1 and "eval/prepared:label/all/probe_top1" in last  # evaluation.final
