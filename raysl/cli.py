@@ -83,6 +83,15 @@ def check_evaluation(run: RunConfig, data_uri: str, pool_uris: list[str], where:
         names = [label_set.name for label_set in label_sets_of(run, read_manifest(data_uri))]
     except UserError as error:
         raise UserError(f"{where}{error}") from None
+    if run.model.backbone.startswith("vit_"):  # built for the crop size: the evaluation images must have it too
+        from raysl.data.pretraining import main_shape
+
+        size = run.views.crops[0].size
+        shape = main_shape(run, read_manifest(data_uri))
+        if tuple(shape[:2]) != (size, size):
+            raise UserError(f"{where}model.backbone {run.model.backbone} is built for {size} px crops, but the "
+                            f"evaluation images of {data_uri} are {shape[0]}x{shape[1]}: set views.crops sizes to "
+                            f"{shape[0]}, or prepare the dataset with --image-size {size}")
     for name in names:
         if names.count(name) > 1 or ":" in name or "/" in name:
             raise UserError(f"{where}evaluation.label_sets: the set name {name!r} is used twice or holds ':' or '/' "
@@ -360,7 +369,7 @@ def command_eval(args: argparse.Namespace) -> None:
     import torch
     from pydantic import ValidationError
 
-    from raysl.config import _validation_message, parse_overrides, set_dotted
+    from raysl.config import _validation_message, legacy_stem, parse_overrides, set_dotted
     from raysl.data.prepare import read_manifest
     from raysl.data.rows import channels_of
     from raysl.methods import build_method
@@ -375,6 +384,7 @@ def command_eval(args: argparse.Namespace) -> None:
     data = state.get("config")
     if not isinstance(data, dict) or "method" not in state:
         raise UserError(f"{directory}/state.pt is not a raysl checkpoint (no config or method weights)")
+    legacy_stem(data)
     for key, value in parse_overrides(args.set):
         if not key.startswith(EVAL_OVERRIDABLE):
             raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")

@@ -535,7 +535,7 @@ class RunConfig(Schema):
         if self.model.stem == "cifar" and not is_resnet_family(name):
             raise ValueError(f"model.stem cifar is for the ResNet family (resnet*, resnext*, wide_resnet*); {name} "
                              f"keeps its own stem (model.stem: auto or imagenet)")
-        if name.startswith(("vit_", "swin_", "maxvit_")):
+        if name.startswith("vit_"):
             sizes = {spec.size for spec in self.views.crops} | {self.eval_size}
             if name.startswith("vit_") and len(sizes) != 1:
                 raise ValueError(f"{name} is built for one input size, but views.crops and evaluation.image_size give "
@@ -886,6 +886,14 @@ def _field_paths(data: Any, prefix: str = "") -> list[str]:
 
 
 MAX_COMBINATIONS = 4096
+
+
+def legacy_stem(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config saved before model.stem existed (a checkpoint's): its resnet18 was always the CIFAR stem."""
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("backbone") == "resnet18" and "stem" not in model:
+        model["stem"] = "cifar"
+    return config
 
 
 def rung_notes(sweep: SweepConfig) -> list[str]:

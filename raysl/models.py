@@ -51,9 +51,10 @@ class SmallCNN(nn.Module):
 @functools.cache
 def backbone_names() -> tuple[str, ...]:
     """small_cnn and every torchvision classification model (not detection, segmentation, video, quantized)
-    with a linear classifier to remove (SqueezeNet's is a convolution: left out)."""
+    with a linear classifier to remove (SqueezeNet's is a convolution: left out) and that takes any crop size
+    (MaxViT's windows need multiples of 224 px: left out; ViT is built for the crop size)."""
     names = torchvision.models.list_models(module=torchvision.models)
-    return ("small_cnn", *(name for name in names if not name.startswith("squeezenet")))
+    return ("small_cnn", *(name for name in names if not name.startswith(("squeezenet", "maxvit"))))
 
 
 def is_resnet_family(name: str) -> bool:

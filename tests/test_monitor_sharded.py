@@ -92,6 +92,11 @@ def _sharded_worker(rank: int, init_file: str, uri: str, results) -> None:
     torch.set_num_threads(1)
     run = _run(uri, label_sets=["label"], budgets=[5, "all"], probe={"epochs": 3})
     trainer = _trainer(run, read_manifest(uri))
+    if rank == 1:  # as under DDP after an epoch: each rank's batch-norm statistics drifted with its own batches
+        for module in trainer.method.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean += 0.5
+                module.running_var *= 3.0
     sets = load_eval_sets(run, uri)
     metrics = trainer.evaluate(sets)
     rows = trainer.full_evaluation(sets)
@@ -165,3 +170,22 @@ def test_validation_notes_asha_rungs_that_fall_between_measurements(tmp_path):
     assert "ASHA decides at epochs 2, 4, 8, 16" in note and "at 2, 4, 8, 16" in note and "multiple of 3" in note
     path.write_text("base: {epochs: 20, evaluation: {every: 2}}\nscheduler: {name: asha, grace_period: 2, reduction_factor: 2}\n")
     assert load_sweep_config(path)._notes == []
+
+
+def _tiny_share_worker(rank: int, init_file: str, uri: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    run = _run(uri, query_limit=1, bank_limit=50)
+    trainer = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1)
+    results[rank] = trainer.evaluate(load_eval_sets(run, uri))["knn_top1"]
+    dist.destroy_process_group()
+
+
+def test_a_rank_without_queries_still_takes_part(tiny_dataset, tmp_path):
+    """One query, two ranks: rank 0's share is empty; both ranks must still reach the same collectives."""
+    run = _run(tiny_dataset, query_limit=1, bank_limit=50)
+    one_rank = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1).evaluate(load_eval_sets(run, tiny_dataset))["knn_top1"]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_tiny_share_worker, args=(str(tmp_path / "init"), tiny_dataset, results), nprocs=2, join=True)
+        assert results[0] == results[1] == one_rank

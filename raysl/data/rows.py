@@ -142,6 +142,7 @@ class EvalImages:
         self.rows = np.asarray(rows, np.int64)
         self.crop_fraction, self.cache_bytes = crop_fraction, cache_bytes
         self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self._counts: list[tuple[str, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -197,8 +198,10 @@ class EvalImages:
         if len(share) == 0:
             return
         filesystem, root = open_filesystem(self.uri)
+        if self._counts is None:  # footers read once per evaluation set when the manifest lacks row counts
+            self._counts = shard_row_counts(self.uri, self.manifest, self.split)
         first = 0
-        for shard, count in shard_row_counts(self.uri, self.manifest, self.split):
+        for shard, count in self._counts:
             wanted = share[(share >= first) & (share < first + count)] - first
             first += count
             if len(wanted) == 0:

@@ -74,3 +74,15 @@ def sum_over_ranks(values: list[float], device: torch.device | str = "cpu") -> l
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, source: int = 0) -> None:
+    """Every rank's buffers (batch-norm running statistics) set to rank `source`'s. Under DDP each rank updates
+    its own running statistics from its own batches after the broadcast at a forward's start, so after an epoch
+    they differ; features computed for one bank must come from one model. Nothing without a process group."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, source)

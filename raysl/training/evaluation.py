@@ -34,7 +34,7 @@ from raysl.data.labelsets import LabelSet, resolve_label_set
 from raysl.data.prepare import read_manifest
 from raysl.data.rows import EvalImages, balanced_rows, split_labels
 from raysl.errors import UserError
-from raysl.methods.distributed import gather_uneven, rank_and_world_size, sum_over_ranks
+from raysl.methods.distributed import broadcast_buffers, gather_uneven, rank_and_world_size, sum_over_ranks
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
 from raysl.training.probe import probe_accuracy, train_linear_probe
 
@@ -165,21 +165,25 @@ def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
     done = object()
     stop = threading.Event()
 
+    def hand(item) -> bool:
+        """Put `item` unless the consumer has gone (then False)."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        handoff.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand(batch):
                     return
         except BaseException as error:  # handed to the consumer
-            handoff.put(error)
+            hand(error)
             return
-        handoff.put(done)
+        hand(done)
 
     thread = threading.Thread(target=produce, daemon=True, name="raysl-eval-decode")
     thread.start()
@@ -201,6 +205,7 @@ def monitor_metrics(backbone: nn.Module, sets: list[EvalSet], config: Evaluation
     for every other; also returns this rank's main-dataset query features (for the collapse signal). With a
     process group every rank must call it: each scores its share of the queries against the gathered bank."""
     rank, world = rank_and_world_size()
+    broadcast_buffers(backbone)  # one model's batch-norm statistics for every rank's share
     metrics, main_queries = {}, None
     for set_index, eval_set in enumerate(sets):
         bank = options.features(backbone, eval_set.bank_images, gather=True)
@@ -211,10 +216,15 @@ def monitor_metrics(backbone: nn.Module, sets: list[EvalSet], config: Evaluation
         for name, (bank_labels, query_labels, classes) in eval_set.labels.items():
             bank_labels = bank_labels.to(bank.device)
             local_labels = query_labels[start:stop].to(queries.device)
-            scored = (bank_labels >= 0, local_labels >= 0)
-            scores = knn_scores(queries[scored[1]], bank[scored[0]], bank_labels[scored[0]], classes, config.knn_k, config.knn_temperature)
-            correct = (scores.argmax(dim=1) == local_labels[scored[1]]).sum().item() if len(scores) else 0
-            counts += [float(correct), float(scored[1].sum().item())]
+            labelled = bank_labels >= 0
+            if not bool(labelled.all()):  # a copy of the bank only when some rows are unlabelled in this set
+                bank, bank_labels = bank[labelled], bank_labels[labelled]
+            scored = local_labels >= 0
+            correct = 0
+            if len(bank_labels) and bool(scored.any()):
+                scores = knn_scores(queries[scored], bank, bank_labels, classes, config.knn_k, config.knn_temperature)
+                correct = (scores.argmax(dim=1) == local_labels[scored]).sum().item()
+            counts += [float(correct), float(scored.sum().item())]
         totals = sum_over_ranks(counts, options.device)
         for label_index, name in enumerate(eval_set.labels):
             correct, total = totals[2 * label_index], totals[2 * label_index + 1]
@@ -231,21 +241,26 @@ def full_evaluation(
     dataset's features are computed once, then every budget's kNN and probe use them). With a process group
     every rank computes its share of the features; rank 0 scores and returns the rows, the others []."""
     rank, _ = rank_and_world_size()
-    rows = []
+    broadcast_buffers(backbone)
+    # Every set's features first (the ranks' collectives), then rank 0 scores: the other ranks never wait in a
+    # collective while rank 0 trains probes (a long wait would hit the process group's timeout).
+    features = []
     for eval_set in sets:
         started = time.perf_counter()
-        bank = options.features(backbone, eval_set.bank_images, gather=True)
-        queries = options.features(backbone, eval_set.query_images, gather=True)
-        if rank != 0:
-            continue
-        bank, queries = bank.float(), queries.float()  # the probe trains in float32
+        features.append((options.features(backbone, eval_set.bank_images, gather=True),
+                         options.features(backbone, eval_set.query_images, gather=True), started))
+    if rank != 0:
+        return []
+    rows = []
+    for eval_set, (bank, queries, started) in zip(sets, features):
         device = bank.device
         for name, (bank_labels, query_labels, classes) in eval_set.labels.items():
             scored = query_labels >= 0
-            query_features, query_targets = queries[scored.to(device)], query_labels[scored].to(device)
+            # float32 (the probe trains in it), indexed first: one budget's copy at a time
+            query_features, query_targets = queries[scored.to(device)].float(), query_labels[scored].to(device)
             for budget in config.budgets:
                 chosen = torch.from_numpy(budget_indices(bank_labels.numpy(), budget, config.budget_seed))
-                bank_features, bank_targets = bank[chosen.to(device)], bank_labels[chosen].to(device)
+                bank_features, bank_targets = bank[chosen.to(device)].float(), bank_labels[chosen].to(device)
                 knn = topk_accuracy(
                     knn_scores(query_features, bank_features, bank_targets, classes, config.knn_k, config.knn_temperature),
                     query_targets,

@@ -70,7 +70,7 @@ def knn_scores(
         chunk = torch.zeros(similarity.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
         chunk.scatter_add_(1, bank_labels[top_index], weights)
         scores.append(chunk)
-    return torch.cat(scores)
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes, device=bank.device)
 
 
 def knn_predict(
