@@ -45,6 +45,10 @@ def test_bank_limit_is_class_balanced_in_the_eval_set(tiny_dataset):
     (eval_set,) = load_eval_sets(_run(tiny_dataset, bank_limit=100), tiny_dataset)
     bank_labels = eval_set.labels["label"][0]
     assert len(eval_set.bank_images) == 100 and torch.bincount(bank_labels).tolist() == [10] * 10
+    images, labels = load_split(tiny_dataset, "train")  # each chosen image keeps its own label
+    rows = eval_set.bank_images.rows
+    assert np.array_equal(labels[rows], bank_labels.numpy())
+    assert np.array_equal(to_shape(images[rows], eval_set.bank_images.shape), eval_set.bank_images.array())
 
 
 def test_streamed_images_equal_the_whole_split_loaded_as_before(tiny_dataset, encoded_dataset):
