@@ -418,6 +418,13 @@ def command_report(args: argparse.Namespace) -> None:
     build_report(args.experiment.rstrip("/"), log=_log)
 
 
+def command_export(args: argparse.Namespace) -> None:
+    from raysl.exporting import export_backbone
+
+    export_backbone(args.checkpoint, args.out, tuple(dict.fromkeys(["state_dict", *(args.format or [])])), log=_log)
+    _log(args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -473,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override evaluation.* (label_sets, budgets, probe...) or where the data is; repeatable")
     evaluate.add_argument("--out", help="where to write the JSON (default: eval.json in the checkpoint directory)")
     evaluate.set_defaults(handler=command_eval)
+    export = commands.add_parser("export", help="a checkpoint's backbone alone (torchvision's state_dict names) + model.json")
+    export.add_argument("checkpoint", help="checkpoint directory, its state.pt, or a run directory (newest checkpoint)")
+    export.add_argument("--out", required=True, help="the export directory to write")
+    export.add_argument("--format", action="append", choices=["torchscript"],
+                        help="also a TorchScript module, checked against the original on a batch (repeatable)")
+    export.set_defaults(handler=command_export)
     report = commands.add_parser("report", help="leaderboard (Markdown + CSV) and PNG plots of a sweep's experiment directory")
     report.add_argument("experiment", help="the experiment directory (local or URI), e.g. results/quickstart")
     report.set_defaults(handler=command_report)

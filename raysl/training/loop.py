@@ -60,6 +60,7 @@ class Trainer:
         if steps_per_epoch < 1:
             raise ValueError("steps_per_epoch must be at least 1 (is the dataset smaller than one batch?)")
         self.run = run
+        self.in_channels = in_channels
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
@@ -200,6 +201,8 @@ class Trainer:
             "step": self.step,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "monitored": {key: float(value) for key, value in self.monitored.items()},
+            # what an exported backbone's input must be: raysl export writes it into model.json
+            "input": {"channels": self.in_channels, "mean": self.mean.tolist(), "std": self.std.tolist()},
             "config": self.run.model_dump(mode="json"),
             "git_commit": self.git_commit,
         }

@@ -1,0 +1,144 @@
+"""Take the backbone away: `raysl export` writes a checkpoint's backbone alone, in its library's own form
+(torchvision's state_dict names, or raysl's small CNN), with model.json saying what it expects and what it
+scored; `load_backbone` builds it back. Pure torch: no Ray.
+
+An export directory holds:
+- `backbone.pt`: the backbone's state_dict (torch.save; tensors only, loads with weights_only=True). For a
+  torchvision model the keys are torchvision's own less the classifier's: with the ImageNet stem it loads into
+  `torchvision.models.get_model(name, weights=None)` with `strict=False` (missing: the classifier); with the
+  CIFAR stem, into the same model after conv1 -> 3x3 stride 1 and maxpool -> Identity (load_backbone does it).
+- `model.json`: backbone, stem, input size and channels, normalisation mean / std, feature width, the kNN
+  figure with its protocol, epoch, git commit, the full run config.
+- `backbone.torchscript.pt` with `--format torchscript`: a traced module taking normalised float images
+  (N, C, H, W), checked against the original on a batch (the max abs difference goes into model.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raysl.errors import UserError
+
+STATE_FILE = "backbone.pt"
+MODEL_FILE = "model.json"
+TORCHSCRIPT_FILE = "backbone.torchscript.pt"
+FORMATS = ("state_dict", "torchscript")
+
+
+def _run_and_method(state: dict[str, Any], where: str):
+    from raysl.config import RunConfig, legacy_stem
+    from raysl.methods import backbone_config, build_method
+
+    config = state.get("config")
+    if not isinstance(config, dict) or "method" not in state:
+        raise UserError(f"{where}: not a raysl checkpoint (no config or method weights)")
+    run = RunConfig.model_validate(legacy_stem(json.loads(json.dumps(config))))
+    return run, backbone_config(run), build_method
+
+
+def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
+    """channels / mean / std: from the checkpoint (written since export existed), else the dataset's manifest."""
+    recorded = state.get("input")
+    if isinstance(recorded, dict) and {"channels", "mean", "std"} <= set(recorded):
+        return {"channels": int(recorded["channels"]), "mean": list(recorded["mean"]), "std": list(recorded["std"])}
+    from raysl.cli import resolve_data
+    from raysl.data.prepare import read_manifest
+    from raysl.data.rows import channels_of
+
+    try:
+        manifest = read_manifest(resolve_data(run))
+    except UserError as error:
+        raise UserError(f"{where} predates recorded input statistics and its dataset cannot be read ({error})") from None
+    return {"channels": channels_of(manifest), "mean": manifest["mean"], "std": manifest["std"]}
+
+
+def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("state_dict",), log=print) -> dict[str, Any]:
+    """Write `checkpoint`'s backbone (a checkpoint directory, its state.pt, or a run directory: its newest
+    checkpoint) to the directory `out` in `formats`; returns model.json's content."""
+    from raysl.training.evaluation import find_checkpoint, load_checkpoint
+
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown:
+        raise UserError(f"--format {unknown[0]}: choose from {', '.join(FORMATS)}")
+    directory = find_checkpoint(checkpoint)
+    state = load_checkpoint(directory)
+    run, model_config, build_method = _run_and_method(state, f"{directory}/state.pt")
+    inputs = _input_of(state, run, f"{directory}/state.pt")
+    method = build_method(run, inputs["channels"])
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as error:
+        raise UserError(f"{directory}/state.pt does not fit its own config's model: {str(error).splitlines()[0]}") from None
+    backbone = method.backbone.eval()
+    size = model_config._image_size
+    monitored = state.get("monitored") or {}
+    document = {
+        "format_version": 1,
+        "backbone": run.model.backbone,
+        "library": "raysl" if run.model.backbone == "small_cnn" else "torchvision",
+        "stem": model_config.stem if run.model.backbone != "small_cnn" else None,
+        "small_cnn": {"width": run.model.width, "pool_size": run.model.pool_size} if run.model.backbone == "small_cnn" else None,
+        "input": {"size": size, **inputs, "layout": "NCHW float, (x / 255 - mean) / std"},
+        "feature_dim": int(backbone.out_dim),
+        "knn_top1": monitored.get("knn_top1"),
+        "knn_epoch": monitored.get("knn_epoch"),
+        "knn_protocol": {"k": run.evaluation.knn_k, "temperature": run.evaluation.knn_temperature,
+                         "bank": "train split" if run.evaluation.bank_limit is None else f"class-balanced {run.evaluation.bank_limit}",
+                         "queries": "test split" if run.evaluation.query_limit is None else f"first {run.evaluation.query_limit}",
+                         "features": "backbone output, L2-normalised, eval mode"},
+        "epoch": int(state.get("epoch", 0)),
+        "git_commit": state.get("git_commit"),
+        "checkpoint": directory,
+        "config": state["config"],
+        "files": {},
+    }
+    target = Path(os.path.expanduser(out))
+    target.mkdir(parents=True, exist_ok=True)
+    if "state_dict" in formats:
+        torch.save({key: value.detach().clone() for key, value in backbone.state_dict().items()}, target / STATE_FILE)
+        document["files"]["state_dict"] = STATE_FILE
+    if "torchscript" in formats:
+        example = torch.randn(4, inputs["channels"], size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            traced = torch.jit.trace(backbone, example, check_trace=False)
+            traced.save(str(target / TORCHSCRIPT_FILE))
+            reloaded = torch.jit.load(str(target / TORCHSCRIPT_FILE))
+            difference = (reloaded(example) - backbone(example)).abs().max().item()
+        document["files"]["torchscript"] = TORCHSCRIPT_FILE
+        document["torchscript_max_abs_difference"] = difference
+        log(f"torchscript: max abs difference {difference:.3g} against the original on a batch of 4")
+    (target / MODEL_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    log(f"exported {run.model.backbone} ({document['feature_dim']}-d features, epoch {document['epoch']}) from "
+        f"{directory} -> {target}")
+    return document
+
+
+def load_backbone(path: str) -> nn.Module:
+    """The backbone of an export directory (model.json + backbone.pt) or of a checkpoint (directory, state.pt
+    or run directory), in eval mode, on CPU. Its `out_dim` is the feature width; inputs as model.json says."""
+    from raysl.config import ModelConfig
+    from raysl.models import build_backbone
+
+    directory = Path(os.path.expanduser(path))
+    if (directory / MODEL_FILE).exists():
+        document = json.loads((directory / MODEL_FILE).read_text())
+        extra = document.get("small_cnn") or {}
+        config = ModelConfig(backbone=document["backbone"], stem=document.get("stem") or "auto", **extra)
+        backbone = build_backbone(config, document["input"]["channels"], document["input"]["size"])
+        weights = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        backbone.load_state_dict(weights)
+        return backbone.eval()
+    from raysl.training.evaluation import find_checkpoint, load_checkpoint
+
+    checkpoint = find_checkpoint(str(path))
+    state = load_checkpoint(checkpoint)
+    run, _, build_method = _run_and_method(state, f"{checkpoint}/state.pt")
+    method = build_method(run, _input_of(state, run, f"{checkpoint}/state.pt")["channels"])
+    method.load_state_dict(state["method"])
+    return method.backbone.eval()
