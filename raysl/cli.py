@@ -121,12 +121,29 @@ def check_encoded(run: RunConfig, data_uri: str, pool_uris: list[str], where: st
                         "cannot take data.corruption or data.pool (their rows are decoded images); use views.where: data")
 
 
+def check_init_from(run: RunConfig, data_uri: str, where: str = "") -> None:
+    """init_from's weights fit the run's backbone, before Ray starts (a UserError names the keys)."""
+    if not run.init_from:
+        return
+    from raysl.data.prepare import read_manifest
+    from raysl.data.rows import channels_of
+    from raysl.exporting import initialise_from
+    from raysl.methods import build_method
+
+    try:
+        initialise_from(build_method(run, channels_of(read_manifest(data_uri))), run.init_from)
+    except UserError as error:
+        text = str(error)
+        raise UserError(f"{where}{text}" if text.startswith("init_from") else f"{where}init_from: {text}") from None
+
+
 def check_data_conditions(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
     """Data-dependent checks before Ray starts: the subset fits the train split (and its classes when
     balanced), an epoch holds a batch, and check_evaluation. `where` prefixes errors (a sweep's drawn value)."""
     from raysl.data.pretraining import plan_pretraining
 
     check_evaluation(run, data_uri, pool_uris, where)
+    check_init_from(run, data_uri, where)
     check_encoded(run, data_uri, pool_uris, where)
     try:
         plan = plan_pretraining(run, data_uri, pool_uris)
@@ -206,7 +223,31 @@ def command_validate(args: argparse.Namespace) -> None:
         _log_notes(run.notes())
         what = "valid run config"
     _validate_prepared(run.with_absolute_paths(os.getcwd()), checksum=args.verify_data)
+    _validate_init_from(run.with_absolute_paths(os.getcwd()), f"{args.config}: {'base.' if kind == 'sweep' else ''}")
     _log(f"{args.config}: {what}")
+
+
+def _validate_init_from(run: RunConfig, where: str) -> None:
+    """init_from loads, and fits the model when the dataset (its channel count) is already prepared."""
+    if not run.init_from:
+        return
+    from raysl.data.prepare import read_manifest
+    from raysl.exporting import load_backbone
+
+    try:
+        uri = resolve_data(run) if run.data.path else None
+        if uri:
+            read_manifest(uri)
+    except UserError:
+        uri = None
+    if uri:
+        check_init_from(run, uri, where)
+        return
+    try:
+        load_backbone(run.init_from)
+    except UserError as error:
+        raise UserError(f"{where}init_from: {error}") from None
+    _log(f"note: {where}init_from {run.init_from} loads; it is checked against the model once the data is prepared")
 
 
 def _validate_prepared(run: RunConfig, checksum: bool) -> None:

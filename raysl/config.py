@@ -484,6 +484,11 @@ class RunConfig(Schema):
     last checkpoint (-1: without limit). A non-finite loss is never retried."""
     storage_path: str = "./results"
     name: str = "train"
+    init_from: str | None = None
+    """Start from these backbone weights (model weights only; a `raysl export` directory or a checkpoint of any
+    method: its backbone), e.g. to continue pretraining on another domain or with another method. Heads,
+    optimiser, schedule and epochs start fresh; momentum encoders start as copies. Resuming a run (its own
+    checkpoints) is another thing and stays exact: its checkpoint replaces these weights."""
 
     @property
     def eval_size(self) -> int:
@@ -584,7 +589,8 @@ class RunConfig(Schema):
         })
         label_sets = [absolute(spec) if spec.endswith((".yaml", ".yml")) or "/" in spec else spec
                       for spec in self.evaluation.label_sets]
-        return self.model_copy(update={"data": data, "evaluation": self.evaluation.model_copy(update={"label_sets": label_sets})})
+        return self.model_copy(update={"data": data, "evaluation": self.evaluation.model_copy(update={"label_sets": label_sets}),
+                                       "init_from": absolute(self.init_from)})
 
     def notes(self) -> list[str]:
         """Things allowed but worth a line in the log."""

@@ -87,7 +87,7 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
         "input": {"size": size, **inputs, "layout": "NCHW float, (x / 255 - mean) / std"},
         "feature_dim": int(backbone.out_dim),
         "knn_top1": monitored.get("knn_top1"),
-        "knn_epoch": monitored.get("knn_epoch"),
+        "knn_epoch": int(monitored["knn_epoch"]) if monitored.get("knn_epoch") is not None else None,
         "knn_protocol": {"k": run.evaluation.knn_k, "temperature": run.evaluation.knn_temperature,
                          "bank": "train split" if run.evaluation.bank_limit is None else f"class-balanced {run.evaluation.bank_limit}",
                          "queries": "test split" if run.evaluation.query_limit is None else f"first {run.evaluation.query_limit}",
@@ -142,3 +142,28 @@ def load_backbone(path: str) -> nn.Module:
     method = build_method(run, _input_of(state, run, f"{checkpoint}/state.pt")["channels"])
     method.load_state_dict(state["method"])
     return method.backbone.eval()
+
+
+def initialise_from(method: nn.Module, path: str) -> None:
+    """Load the backbone weights of `path` (an export or a checkpoint) into `method`'s backbone, strictly: a
+    mismatch is a UserError naming the missing, unexpected and differently shaped keys. Momentum encoders
+    (MoCo's key encoder, BYOL's target) are reset to copies of the online network."""
+    source = load_backbone(path).state_dict()
+    target = method.backbone.state_dict()
+    missing = [key for key in target if key not in source]
+    unexpected = [key for key in source if key not in target]
+    shapes = [f"{key} {tuple(source[key].shape)} -> {tuple(target[key].shape)}" for key in target
+              if key in source and source[key].shape != target[key].shape]
+    if missing or unexpected or shapes:
+        def listed(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
+
+        raise UserError(f"init_from {path}: its backbone does not fit model.backbone {method.backbone.__class__.__name__}: "
+                        f"missing {listed(missing)}; unexpected {listed(unexpected)}; shapes differ: {listed(shapes)} "
+                        f"(the same backbone, stem and channels are needed)")
+    method.backbone.load_state_dict(source)
+    for owner in method.modules():
+        for name in ("key_encoder", "target"):
+            encoder = getattr(owner, name, None)
+            if isinstance(encoder, nn.Module) and hasattr(owner, "projector"):
+                encoder.load_state_dict(nn.Sequential(owner.backbone, owner.projector).state_dict())

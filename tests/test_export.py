@@ -66,3 +66,30 @@ def test_export_round_trip_gives_the_checkpoints_features(tmp_path, backbone, si
 def test_export_of_something_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint there"):
         raysl.export(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_init_from_an_export_or_a_checkpoint_with_another_method(tmp_path):
+    trainer, checkpoint = _checkpoint(tmp_path, "small_cnn", 28, 1)  # SimCLR
+    raysl.export(checkpoint, str(tmp_path / "export"))
+    pretrained = trainer.method.backbone.state_dict()
+    for source in (str(tmp_path / "export"), checkpoint):
+        run = RunConfig.model_validate({
+            "model": {"projector_hidden": 32, "projector_out": 16}, "method": {"name": "moco", "queue_size": 64},
+            "views": {"crops": [{"count": 2, "size": 28}]}, "batch_size": 8, "epochs": 1, "init_from": source,
+        })
+        moco = Trainer(run, 1, [0.4], [0.25], steps_per_epoch=1).method
+        assert all(torch.equal(value, pretrained[key]) for key, value in moco.backbone.state_dict().items())
+        key_backbone = moco.key_encoder[0].state_dict()  # the momentum encoder starts as a copy, not random
+        assert all(torch.equal(value, pretrained[key]) for key, value in key_backbone.items())
+
+
+def test_init_from_weights_that_do_not_fit_names_the_keys(tmp_path, tiny_dataset):
+    from raysl.cli import check_init_from
+
+    _, checkpoint = _checkpoint(tmp_path, "small_cnn", 28, 1, width=8)
+    run = RunConfig.model_validate({"model": {"width": 16}, "init_from": checkpoint, "data": {"path": tiny_dataset}})
+    with pytest.raises(UserError, match=r"base: init_from .*shapes differ: features.0.weight \(8, 1, 3, 3\) -> \(16, 1, 3, 3\)"):
+        check_init_from(run, tiny_dataset, "base: ")
+    other = RunConfig.model_validate({"model": {"backbone": "resnet18"}, "init_from": checkpoint, "data": {"path": tiny_dataset}})
+    with pytest.raises(UserError, match=r"missing conv1.weight, .*unexpected features.0.weight"):
+        check_init_from(other, tiny_dataset)

@@ -68,7 +68,12 @@ class Trainer:
         self.git_commit = git_commit
         rank, _ = rank_and_world_size()
         torch.manual_seed(run.seed)  # the same initial weights on every rank
-        self.method = build_method(run, in_channels).to(self.device)
+        self.method = build_method(run, in_channels)
+        if run.init_from:  # weights only; a resumed run's checkpoint (load) replaces them
+            from raysl.exporting import initialise_from
+
+            initialise_from(self.method, run.init_from)
+        self.method = self.method.to(self.device)
         if run.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         if run.compile:
