@@ -58,15 +58,34 @@ def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
     return {"channels": channels_of(manifest), "mean": manifest["mean"], "std": manifest["std"]}
 
 
+def best_trial_run(uri: str, log=print) -> str:
+    """A sweep's experiment directory (it holds leaderboard.csv) -> its best trial's run directory; else `uri`."""
+    import csv
+    import io
+
+    from raysl.storage import exists, read_text
+
+    uri = uri.rstrip("/")
+    if not exists(f"{uri}/leaderboard.csv"):
+        return uri
+    rows = [row for row in csv.DictReader(io.StringIO(read_text(f"{uri}/leaderboard.csv") or ""))
+            if row.get("knn_top1") not in (None, "", "nan")]
+    if not rows:
+        raise UserError(f"{uri}: a sweep without a scored trial (leaderboard.csv); export one trial's checkpoint instead")
+    log(f"{uri}: best trial {rows[0]['trial']} (knn_top1 {rows[0]['knn_top1']})")
+    return f"{uri}/train/{rows[0]['trial']}"
+
+
 def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("state_dict",), log=print) -> dict[str, Any]:
-    """Write `checkpoint`'s backbone (a checkpoint directory, its state.pt, or a run directory: its newest
-    checkpoint) to the directory `out` in `formats`; returns model.json's content."""
+    """Write `checkpoint`'s backbone (a checkpoint directory, its state.pt, a run directory: its newest
+    checkpoint, or a sweep's experiment directory: its best trial's) to the directory `out` in `formats`;
+    returns model.json's content."""
     from raysl.training.evaluation import find_checkpoint, load_checkpoint
 
     unknown = [name for name in formats if name not in FORMATS]
     if unknown:
         raise UserError(f"--format {unknown[0]}: choose from {', '.join(FORMATS)}")
-    directory = find_checkpoint(checkpoint)
+    directory = find_checkpoint(best_trial_run(checkpoint, log))
     state = load_checkpoint(directory)
     run, model_config, build_method = _run_and_method(state, f"{directory}/state.pt")
     inputs = _input_of(state, run, f"{directory}/state.pt")

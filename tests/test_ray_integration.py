@@ -74,6 +74,10 @@ def test_asha_sweep_end_to_end(tiny_dataset, tmp_path):
         assert [int(row["training_iteration"]) for row in progress] == list(range(1, len(progress) + 1))
         assert list(trial_dir.glob("events.out.tfevents*")), f"no TensorBoard events in {trial_dir}"
 
+    exported = json.loads((experiment / "best_backbone" / "model.json").read_text())  # the best trial's backbone
+    assert exported["checkpoint"].startswith(str(experiment / "train" / rows[0]["trial"]))
+    raysl("export", str(experiment), "--out", str(tmp_path / "from-experiment"))
+    assert json.loads((tmp_path / "from-experiment" / "model.json").read_text())["checkpoint"] == exported["checkpoint"]
     best = experiment / "best_config.yaml"
     assert float(yaml.safe_load(best.read_text())["optimizer"]["lr"]) in (0.01, 0.02)
     trained = raysl("train", str(best), "--set", "epochs=1", "--set", f"storage_path={tmp_path / 'best'}")

@@ -210,6 +210,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
     rows = leaderboard_rows(results, sweep)
     print_leaderboard(rows, log)
     write_best_config(rows, sweep, path, log)
+    export_best(rows, path, log)
     try:
         build_report(path, log=log)
     except Exception as error:  # the sweep's results stand without the report; it can be rebuilt
@@ -292,6 +293,24 @@ def print_leaderboard(rows: list[dict[str, Any]], log=print) -> None:
     log("\nleaderboard (best kNN top-1 per trial):")
     for line in table:
         log("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+
+
+def export_best(rows: list[dict[str, Any]], path: str, log=print) -> None:
+    """The best trial's backbone exported to best_backbone/ beside best_config.yaml (local experiments; on object
+    storage: `raysl export EXPERIMENT --out DIR` where it is needed)."""
+    scored = [row for row in rows if not math.isnan(row[METRIC])]
+    if not scored:
+        return
+    if "://" in path:
+        log(f"best backbone: raysl export {path} --out best_backbone")
+        return
+    from raysl.exporting import export_backbone
+
+    try:
+        export_backbone(f"{path}/train/{scored[0]['trial']}", f"{path}/best_backbone", log=lambda text: None)
+        log(f"best backbone: {path}/best_backbone (raysl.load_backbone)")
+    except Exception as error:  # the sweep's results stand without it; raysl export can redo it
+        log(f"note: exporting the best backbone failed ({type(error).__name__}: {error}); run raysl export {path}")
 
 
 def write_best_config(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
