@@ -11,6 +11,9 @@ An export directory holds:
   figure with its protocol, epoch, git commit, the full run config.
 - `backbone.torchscript.pt` with `--format torchscript`: a traced module taking normalised float images
   (N, C, H, W), checked against the original on a batch (the max abs difference goes into model.json).
+- `backbone.onnx` with `--format onnx` (needs `pip install 'raysl[onnx]'`): the same inputs, batch size dynamic,
+  weights inside the one file; run in onnxruntime on a batch of another size than it was exported with and
+  checked against the original (the max abs difference goes into model.json).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from raysl.errors import UserError
 STATE_FILE = "backbone.pt"
 MODEL_FILE = "model.json"
 TORCHSCRIPT_FILE = "backbone.torchscript.pt"
-FORMATS = ("state_dict", "torchscript")
+ONNX_FILE = "backbone.onnx"
+FORMATS = ("state_dict", "torchscript", "onnx")
 
 
 def _run_and_method(state: dict[str, Any], where: str):
@@ -47,7 +51,7 @@ def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
     recorded = state.get("input")
     if isinstance(recorded, dict) and {"channels", "mean", "std"} <= set(recorded):
         return {"channels": int(recorded["channels"]), "mean": list(recorded["mean"]), "std": list(recorded["std"])}
-    from raysl.cli import resolve_data
+    from raysl.preflight import resolve_data
     from raysl.data.prepare import read_manifest
     from raysl.data.rows import channels_of
 
@@ -56,6 +60,17 @@ def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
     except UserError as error:
         raise UserError(f"{where} predates recorded input statistics and its dataset cannot be read ({error})") from None
     return {"channels": channels_of(manifest), "mean": manifest["mean"], "std": manifest["std"]}
+
+
+def _onnxruntime():
+    """onnxruntime, once torch.onnx's exporter's packages import too (onnxscript, which needs onnx): called before
+    anything is loaded or written. Optional packages, so imported here, not at the top."""
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise UserError(f"--format onnx needs onnx, onnxscript and onnxruntime ({error}): pip install 'raysl[onnx]'") from None
+    return onnxruntime
 
 
 def best_trial_run(uri: str, log=print) -> str:
@@ -85,6 +100,7 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     unknown = [name for name in formats if name not in FORMATS]
     if unknown:
         raise UserError(f"--format {unknown[0]}: choose from {', '.join(FORMATS)}")
+    onnxruntime = _onnxruntime() if "onnx" in formats else None
     directory = find_checkpoint(best_trial_run(checkpoint, log))
     state = load_checkpoint(directory)
     run, model_config, build_method = _run_and_method(state, f"{directory}/state.pt")
@@ -122,8 +138,8 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     if "state_dict" in formats:
         torch.save({key: value.detach().clone() for key, value in backbone.state_dict().items()}, target / STATE_FILE)
         document["files"]["state_dict"] = STATE_FILE
+    example = torch.randn(4, inputs["channels"], size, size, generator=torch.Generator().manual_seed(0))
     if "torchscript" in formats:
-        example = torch.randn(4, inputs["channels"], size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             traced = torch.jit.trace(backbone, example, check_trace=False)
             traced.save(str(target / TORCHSCRIPT_FILE))
@@ -132,6 +148,21 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
         document["files"]["torchscript"] = TORCHSCRIPT_FILE
         document["torchscript_max_abs_difference"] = difference
         log(f"torchscript: max abs difference {difference:.3g} against the original on a batch of 4")
+    if "onnx" in formats:
+        # torch.export's exporter (the default; the TorchScript-based one is deprecated), the batch dimension
+        # symbolic; weights inside the file (not backbone.onnx.data beside it): one file, up to protobuf's 2 GB
+        torch.onnx.export(backbone, (example,), str(target / ONNX_FILE), dynamo=True, input_names=["images"],
+                          output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          external_data=False, verbose=False)
+        session = onnxruntime.InferenceSession(str(target / ONNX_FILE), providers=["CPUExecutionProvider"])
+        batch = torch.randn(3, inputs["channels"], size, size, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            features = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+            difference = (features - backbone(batch)).abs().max().item()
+        document["files"]["onnx"] = ONNX_FILE
+        document["onnx_max_abs_difference"] = difference
+        log(f"onnx: max abs difference {difference:.3g} against the original in onnxruntime on a batch of 3 "
+            f"(exported with 4: the batch size is dynamic)")
     (target / MODEL_FILE).write_text(json.dumps(document, indent=2) + "\n")
     log(f"exported {run.model.backbone} ({document['feature_dim']}-d features, epoch {document['epoch']}) from "
         f"{directory} -> {target}")

@@ -1,9 +1,10 @@
 """`raysl export`: a checkpoint's backbone alone, loadable by torchvision (or raysl's small CNN), with model.json;
-TorchScript parity; load_backbone from an export or a checkpoint."""
+TorchScript and ONNX parity; load_backbone from an export or a checkpoint."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import raysl
 from raysl.cli import main
 from raysl.config import RunConfig
 from raysl.errors import UserError
+from raysl.exporting import export_backbone
 from raysl.training.loop import Trainer
 
 
@@ -63,6 +65,30 @@ def test_export_round_trip_gives_the_checkpoints_features(tmp_path, backbone, si
             assert torch.allclose(reference.eval()(images), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone, size, channels, stem", [("small_cnn", 28, 1, "auto"), ("resnet18", 64, 3, "imagenet")])
+def test_onnx_export_gives_the_backbones_features_in_onnxruntime_at_any_batch_size(tmp_path, backbone, size, channels, stem):
+    import onnxruntime
+
+    trainer, checkpoint = _checkpoint(tmp_path, backbone, size, channels, stem=stem)
+    out = tmp_path / "export"
+    document = export_backbone(checkpoint, str(out), ("state_dict", "onnx"), log=lambda line: None)
+    assert document["files"] == {"state_dict": "backbone.pt", "onnx": "backbone.onnx"}
+    assert json.loads((out / "model.json").read_text())["onnx_max_abs_difference"] == document["onnx_max_abs_difference"] < 1e-4
+    session = onnxruntime.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(5, channels, size, size)  # exported with a batch of 4, checked on 3
+    with torch.no_grad():
+        expected = trainer.method.backbone.eval()(images)
+    assert torch.allclose(torch.from_numpy(session.run(None, {"images": images.numpy()})[0]), expected, atol=1e-4)
+
+
+def test_onnx_export_without_its_packages_says_what_to_install_and_writes_nothing(tmp_path, monkeypatch):
+    _, checkpoint = _checkpoint(tmp_path, "small_cnn", 28, 1)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'raysl\[onnx\]'"):
+        export_backbone(checkpoint, str(tmp_path / "export"), ("state_dict", "onnx"))
+    assert not (tmp_path / "export").exists()
+
+
 def test_export_of_something_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint there"):
         raysl.export(str(tmp_path), str(tmp_path / "out"))
@@ -84,7 +110,7 @@ def test_init_from_an_export_or_a_checkpoint_with_another_method(tmp_path):
 
 
 def test_init_from_weights_that_do_not_fit_names_the_keys(tmp_path, tiny_dataset):
-    from raysl.cli import check_init_from
+    from raysl.preflight import check_init_from
 
     _, checkpoint = _checkpoint(tmp_path, "small_cnn", 28, 1, width=8)
     run = RunConfig.model_validate({"model": {"width": 16}, "init_from": checkpoint, "data": {"path": tiny_dataset}})
