@@ -32,7 +32,7 @@ test: $(VENV)/.installed
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -m cluster
 
-# The speed benchmarks (README, Performance), one after another; each prints its table. Not tests.
+# The speed benchmarks (docs/performance.md), one after another; each prints its table. Not tests.
 # About 45 minutes on 2 cores; run nothing else meanwhile: the figures are side-by-side ratios.
 bench: $(VENV)/.installed data
 	$(PY) benchmarks/views.py --images 1024

@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from raysl.cli import resolve_data
+    from raysl.preflight import resolve_data
     from raysl.config import detect_file_kind, load_run_config, load_sweep_config, read_yaml
     from raysl.data.prepare import read_manifest
     from raysl.data.rows import channels_of

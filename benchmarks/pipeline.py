@@ -85,7 +85,7 @@ def main() -> None:
 
     import ray
 
-    from raysl.cli import resolve_data
+    from raysl.preflight import resolve_data
     from raysl.config import load_sweep_config
     from raysl.data.prepare import load_split
 

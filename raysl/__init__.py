@@ -1,6 +1,21 @@
-"""raysl: self-supervised contrastive image pretraining sweeps on Ray."""
+"""raysl: self-supervised contrastive image pretraining sweeps on Ray.
+
+The Python API (raysl.api): `raysl.sweep`, `raysl.train`, `raysl.embed`, `raysl.export`, `raysl.load_backbone`.
+They are imported on first use, so `import raysl` stays light (Ray workers import raysl's modules too).
+"""
 
 __version__ = "0.1.0"
+
+_API = {"sweep", "train", "embed", "SweepResult", "TrainResult"}
+__all__ = sorted(_API | {"export", "load_backbone"})
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from raysl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'raysl' has no attribute {name!r}")
 
 
 def load_backbone(path: str):

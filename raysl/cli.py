@@ -1,4 +1,5 @@
-"""`raysl` command line: prepare, validate, train, sweep, eval, report, submit. Thin: parse, call, print.
+"""`raysl` command line: prepare, validate, train, sweep, eval, report, export, embed, submit. Thin: parse, call
+the Python API (raysl.api) or the module that does the work, print.
 
 Every user error (a bad file, a bad field, missing data) is printed as one clear message naming the
 file and field, with a non-zero exit and no traceback.
@@ -7,7 +8,6 @@ file and field, with a non-zero exit and no traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import subprocess
 import sys
@@ -17,16 +17,11 @@ from raysl.config import (
     KINDS, RunConfig, detect_file_kind, load_run_config, load_sweep_config, read_yaml,
 )
 from raysl.errors import UserError
+from raysl.preflight import (
+    check_evaluation, resolve_data, resolve_pool, validate_init_from, validate_prepared,
+)
 
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+INTERRUPTED = 130  # the exit status of a sweep stopped by Ctrl-C (SIGINT), as a shell reports a killed command
 
 
 def _log(message: str) -> None:
@@ -36,168 +31,6 @@ def _log(message: str) -> None:
 def _log_notes(notes: list[str]) -> None:
     for note in notes:
         _log(note)
-
-
-def _resolve(path: str | None, kind: str | None, source: str | None, cache_dir: str, image_size: int | None, field: str) -> str:
-    from raysl.data.prepare import ensure_prepared, read_manifest
-
-    if path:
-        path = path if "://" in path else os.path.abspath(os.path.expanduser(path))  # as Ray Data will see it
-        try:
-            read_manifest(path)
-        except UserError as error:
-            raise UserError(f"{field}: {error}") from None
-        return path
-    try:
-        return ensure_prepared(kind, source, os.path.abspath(os.path.expanduser(cache_dir)), image_size=image_size, log=_log)
-    except UserError as error:
-        raise UserError(f"{field.rsplit('.', 1)[0]}.kind {kind}: {error}") from None
-
-
-def resolve_data(run: RunConfig) -> str:
-    """The prepared dataset's URI: data.path, or a cached copy of data.kind prepared on first use."""
-    return _resolve(run.data.path, run.data.kind, run.data.source, run.data.cache_dir, run.data.image_size, "data.path")
-
-
-def resolve_pool(run: RunConfig) -> list[str]:
-    """The URIs of data.pool's datasets (prepared into data.cache_dir on first use), in order."""
-    return [
-        _resolve(entry.path, entry.kind, entry.source, run.data.cache_dir, None, f"data.pool.{index}.path")
-        for index, entry in enumerate(run.data.pool)
-    ]
-
-
-def check_evaluation(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
-    """What evaluation needs, before Ray starts: distinct datasets, label sets that fit the main dataset's
-    classes with distinct names, and labels in every pool dataset (each is evaluated with kNN)."""
-    from raysl.data.prepare import read_manifest
-    from raysl.training.evaluation import label_sets_of
-
-    uris = [data_uri, *pool_uris]
-    for index, uri in enumerate(pool_uris):
-        if uris.index(uri) <= index:
-            raise UserError(f"{where}data.pool.{index}: {uri} is already in the pool (or is the main dataset); list each dataset once")
-        if not read_manifest(uri)["class_names"]:
-            raise UserError(f"{where}data.pool.{index}: {uri} has no labels, and every pool dataset is evaluated with kNN")
-    try:
-        names = [label_set.name for label_set in label_sets_of(run, read_manifest(data_uri))]
-    except UserError as error:
-        raise UserError(f"{where}{error}") from None
-    if run.model.backbone.startswith("vit_"):  # built for the crop size: the evaluation images must have it too
-        from raysl.data.pretraining import main_shape
-
-        size = run.views.crops[0].size
-        shape = main_shape(run, read_manifest(data_uri))
-        if tuple(shape[:2]) != (size, size):
-            raise UserError(f"{where}model.backbone {run.model.backbone} is built for {size} px crops, but the "
-                            f"evaluation images of {data_uri} are {shape[0]}x{shape[1]}: set views.crops sizes to "
-                            f"{shape[0]}, or prepare the dataset with --image-size {size}")
-    for name in names:
-        if names.count(name) > 1 or ":" in name or "/" in name:
-            raise UserError(f"{where}evaluation.label_sets: the set name {name!r} is used twice or holds ':' or '/' "
-                            "(label-map files name their set with `name:`, else their file name)")
-
-
-def check_shards(uris: list[str], checksum: bool = False) -> None:
-    """Every shard of these prepared datasets is there with the size its manifest records (one metadata call
-    per shard); with `checksum`, also its sha256 (reads every byte). A UserError names each damaged shard."""
-    from raysl.data.prepare import read_manifest
-    from raysl.data.shards import require_intact
-
-    for uri in dict.fromkeys(uris):
-        require_intact(uri, read_manifest(uri), checksum=checksum)
-
-
-def check_encoded(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
-    """What an encoded (variable-size) main dataset allows: with views.where: trainer the Train worker decodes
-    the stored files itself, so rows must reach it as files (no corruption, no pool)."""
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import is_encoded
-
-    if not is_encoded(read_manifest(data_uri)) or run.views.where != "trainer":
-        return
-    if run.data.corruption.active or pool_uris:
-        raise UserError(f"{where}views.where: trainer decodes an encoded dataset's files on the Train worker, so it "
-                        "cannot take data.corruption or data.pool (their rows are decoded images); use views.where: data")
-
-
-def check_init_from(run: RunConfig, data_uri: str, where: str = "") -> None:
-    """init_from's weights fit the run's backbone, before Ray starts (a UserError names the keys)."""
-    if not run.init_from:
-        return
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
-    from raysl.exporting import initialise_from
-    from raysl.methods import build_method
-
-    try:
-        initialise_from(build_method(run, channels_of(read_manifest(data_uri))), run.init_from)
-    except UserError as error:
-        text = str(error)
-        raise UserError(f"{where}{text}" if text.startswith("init_from") else f"{where}init_from: {text}") from None
-
-
-def check_data_conditions(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
-    """Data-dependent checks before Ray starts: the subset fits the train split (and its classes when
-    balanced), an epoch holds a batch, and check_evaluation. `where` prefixes errors (a sweep's drawn value)."""
-    from raysl.data.pretraining import plan_pretraining
-
-    check_evaluation(run, data_uri, pool_uris, where)
-    check_init_from(run, data_uri, where)
-    check_encoded(run, data_uri, pool_uris, where)
-    try:
-        plan = plan_pretraining(run, data_uri, pool_uris)
-    except UserError as error:
-        raise UserError(f"{where}{error}") from None
-    if plan.epoch_images < run.batch_size:
-        raise UserError(f"{where}data: an epoch has {plan.epoch_images} pretraining images, fewer than batch_size "
-                        f"{run.batch_size}; raise data.subset.count or set data.subset.epoch_size: full")
-
-
-def check_sweep_data(sweep, data_uri: str, source: str) -> None:
-    """check_data_conditions for the base and for every data / evaluation value the search can draw."""
-    from raysl.config import apply_assignment
-
-    base = sweep.base.with_absolute_paths(os.getcwd())
-    check_data_conditions(base, data_uri, resolve_pool(base), f"{source}: base: ")
-    for key, distribution in sweep.search.items():
-        if key.split(".")[0] not in ("data", "evaluation", "batch_size"):
-            continue
-        for value in distribution.values_to_check():
-            run = apply_assignment(sweep.base, {key: value}).with_absolute_paths(os.getcwd())
-            check_data_conditions(run, data_uri, resolve_pool(run), f"{source}: search.{key}={value!r}: ")
-
-
-def _start_ray(*, quiet: bool) -> None:
-    """Connect to RAY_ADDRESS's cluster (also set under `ray job submit`), else start an embedded local
-    Ray with the dashboard on (it runs the cleaner that frees a stopped trial's placement group)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    options = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
-    if os.environ.get("RAY_ADDRESS"):
-        _log(f"connecting to the Ray cluster at {os.environ['RAY_ADDRESS']}")
-        ray.init(**options)
-    else:
-        _log("starting an embedded local Ray (set RAY_ADDRESS to use a cluster)")
-        ray.init(include_dashboard=True, **options)
-
-
-def _stop_ray() -> None:
-    """Shut Ray down so its late log lines come before ours, and the path stays the last line."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def _gpu_check(run: RunConfig, field: str) -> None:
-    if run.resources.gpus_per_worker > 0 and not os.environ.get("RAY_ADDRESS"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(f"{field}: gpus_per_worker is {run.resources.gpus_per_worker:g} but this machine has no CUDA GPU")
 
 
 def command_prepare(args: argparse.Namespace) -> None:
@@ -222,133 +55,34 @@ def command_validate(args: argparse.Namespace) -> None:
         run = load_run_config(args.config, args.set, smoke=args.smoke)
         _log_notes(run.notes())
         what = "valid run config"
-    _validate_prepared(run.with_absolute_paths(os.getcwd()), checksum=args.verify_data)
-    _validate_init_from(run.with_absolute_paths(os.getcwd()), f"{args.config}: {'base.' if kind == 'sweep' else ''}")
+    validate_prepared(run.with_absolute_paths(os.getcwd()), checksum=args.verify_data, log=_log)
+    validate_init_from(run.with_absolute_paths(os.getcwd()), f"{args.config}: {'base.' if kind == 'sweep' else ''}", log=_log)
     _log(f"{args.config}: {what}")
 
 
-def _validate_init_from(run: RunConfig, where: str) -> None:
-    """init_from loads, and fits the model when the dataset (its channel count) is already prepared."""
-    if not run.init_from:
-        return
-    from raysl.data.prepare import read_manifest
-    from raysl.exporting import load_backbone
-
-    try:
-        uri = resolve_data(run) if run.data.path else None
-        if uri:
-            read_manifest(uri)
-    except UserError:
-        uri = None
-    if uri:
-        check_init_from(run, uri, where)
-        return
-    try:
-        load_backbone(run.init_from)
-    except UserError as error:
-        raise UserError(f"{where}init_from: {error}") from None
-    _log(f"note: {where}init_from {run.init_from} loads; it is checked against the model once the data is prepared")
-
-
-def _validate_prepared(run: RunConfig, checksum: bool) -> None:
-    """The datasets a config names by path (or that are already prepared in its cache): their shards' sizes
-    (and with --verify-data their checksums). Datasets still to be prepared are checked when they are."""
-    from raysl.data.prepare import read_manifest
-
-    uris = []
-    for field, path in [("data.path", run.data.path), *((f"data.pool.{index}.path", entry.path) for index, entry in enumerate(run.data.pool))]:
-        if not path or ("://" in path and not checksum):  # object storage: only when asked (credentials, latency)
-            continue
-        uri = path if "://" in path else os.path.abspath(os.path.expanduser(path))
-        try:
-            read_manifest(uri)
-        except UserError as error:
-            _log(f"note: {field}: {error} (its shards are checked when a run starts)")
-            continue
-        uris.append(uri)
-    check_shards(uris, checksum=checksum)
-    if uris:
-        _log(f"shards of {len(uris)} prepared dataset(s) present with their recorded sizes"
-             + (" and checksums" if checksum else " (add --verify-data to check their checksums too)"))
-
-
 def command_train(args: argparse.Namespace) -> None:
-    if detect_file_kind(read_yaml(args.config)) == "sweep":
-        raise UserError(f"{args.config}: this is a sweep file (it has base/search/scheduler); run it with `raysl sweep`")
-    run = load_run_config(args.config, args.set, smoke=args.smoke).with_absolute_paths(os.getcwd())
-    _log_notes(run.notes())
-    _gpu_check(run, "resources")
-    data_uri, pool_uris = resolve_data(run), resolve_pool(run)
-    check_shards([data_uri, *pool_uris], checksum=args.verify_data)
-    check_data_conditions(run, data_uri, pool_uris, f"{args.config}: ")
-    if run.data.corruption.active:
-        from raysl.data.pretraining import save_corruption_samples
-        from raysl.ray_glue.tune import absolute_path
+    from raysl.api import train
 
-        run_dir = f"{absolute_path(run.storage_path).rstrip('/')}/{run.name}"
-        save_corruption_samples(data_uri, [run.data.corruption], f"{run_dir}/corruption_samples.png", _log)
-    if args.local:
-        from raysl.training.local import train_in_process
-        from raysl.training.loop import CheckpointError, NonFiniteLossError
-
-        try:
-            path = train_in_process(run, data_uri, pool_uris=pool_uris, git_commit=_git_commit(), log=_log)
-        except (NonFiniteLossError, CheckpointError) as error:
-            raise UserError(f"training failed: {error}") from None
-        _log(path)
-        return
-    _start_ray(quiet=False)
-    import ray.train
-
-    from raysl.ray_glue.train import build_trainer, configure_data_context, failure_summary, run_directory
-    from raysl.ray_glue.tune import absolute_path
-
-    configure_data_context(run)
-    storage = absolute_path(run.storage_path)
-    trainer = build_trainer(
-        run, data_uri, storage_path=storage, name=run.name, git_commit=_git_commit(), label=run.name, pool_uris=pool_uris
-    )
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as error:
-        raise UserError(
-            f"training failed: {failure_summary(error)}\n(run directory: {run_directory(storage, run.name)})"
-        ) from None
-    finally:
-        _stop_ray()
-    metrics = result.metrics or {}
-    resumed = metrics.get("resumed_at_epoch", 0)
-    _log(f"done: {metrics.get('epoch', '?')} epochs, knn_top1 {metrics.get('knn_top1', float('nan')):.4f}"
-         + (f" (the last attempt resumed from the checkpoint of epoch {resumed})" if resumed else ""))
-    _log(result.path)
+    result = train(args.config, args.set or [], smoke=args.smoke, local=args.local, verify_data=args.verify_data, log=_log)
+    if not args.local:
+        metrics = result.metrics
+        resumed = metrics.get("resumed_at_epoch", 0)
+        _log(f"done: {metrics.get('epoch', '?')} epochs, knn_top1 {metrics.get('knn_top1', float('nan')):.4f}"
+             + (f" (the last attempt resumed from the checkpoint of epoch {resumed})" if resumed else ""))
+    _log(result.path)  # the last line: the run directory
 
 
-def command_sweep(args: argparse.Namespace) -> None:
-    if detect_file_kind(read_yaml(args.config)) == "run":
-        raise UserError(f"{args.config}: this is a run config (no base/search/scheduler); run it with `raysl train`")
-    sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
-    _log_notes(sweep.notes)
-    _gpu_check(sweep.base, "base.resources")
-    from raysl.ray_glue.tune import check_cpu_budget, run_sweep
+def command_sweep(args: argparse.Namespace) -> int:
+    from raysl.api import sweep
 
-    if not os.environ.get("RAY_ADDRESS"):
-        check_cpu_budget(sweep, float(os.cpu_count() or 1), "this machine")
-    data_uri = resolve_data(sweep.base)
-    check_shards([data_uri, *resolve_pool(sweep.base.with_absolute_paths(os.getcwd()))], checksum=args.verify_data)
-    check_sweep_data(sweep, data_uri, args.config)
-    _start_ray(quiet=True)
-    if os.environ.get("RAY_ADDRESS"):
-        import ray
-
-        try:
-            check_cpu_budget(sweep, ray.cluster_resources().get("CPU", 0.0), "the cluster now")
-        except UserError as error:  # an autoscaling cluster adds nodes when trials ask for them
-            _log(f"note: {error} (fine if the cluster autoscales; otherwise trials will wait)")
-    try:
-        path = run_sweep(sweep, data_uri, git_commit=_git_commit(), resume=args.resume, log=_log)
-    finally:
-        _stop_ray()
-    _log(path)  # the last line: the experiment directory
+    result = sweep(args.config, args.set or [], smoke=args.smoke, resume=args.resume, verify_data=args.verify_data,
+                   strict_storage=args.strict_storage, log=_log)
+    if result.interrupted:
+        _log(f"\ninterrupted: the trials still running were stopped; their checkpoints are kept in {result.experiment_dir}")
+        _log(f"finish the same trials with:\n  {result.resume_command}")
+        return INTERRUPTED
+    _log(result.experiment_dir)  # the last line: the experiment directory
+    return 0
 
 
 # Never uploaded with a job's working dir (also listed in .rayignore): data and results travel through
@@ -466,6 +200,14 @@ def command_export(args: argparse.Namespace) -> None:
     _log(args.out)
 
 
+def command_embed(args: argparse.Namespace) -> None:
+    from raysl.api import embed
+
+    embed(args.source, args.data, args.out, split=args.split, dtype=args.dtype, batch_size=args.batch_size,
+          actors=args.actors, use_gpu=args.gpu, log=_log)
+    _log(args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -513,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name == "sweep":
             command.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
+            command.add_argument("--strict-storage", action="store_true", help="under `ray job submit`, refuse a "
+                                 "storage_path inside the job's temporary working dir (default: a warning)")
         if name == "train":
             command.add_argument("--local", action="store_true", help="train in this process, without Ray (debugging)")
     evaluate = commands.add_parser("eval", help="kNN top-1/5 and a linear probe of a checkpoint -> eval.json beside it")
@@ -524,9 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a checkpoint's backbone alone (torchvision's state_dict names) + model.json")
     export.add_argument("checkpoint", help="checkpoint directory, its state.pt, or a run directory (newest checkpoint)")
     export.add_argument("--out", required=True, help="the export directory to write")
-    export.add_argument("--format", action="append", choices=["torchscript"],
-                        help="also a TorchScript module, checked against the original on a batch (repeatable)")
+    export.add_argument("--format", action="append", choices=["torchscript", "onnx"],
+                        help="also a TorchScript module or an ONNX file (pip install 'raysl[onnx]'), each checked "
+                        "against the original on a batch (repeatable)")
     export.set_defaults(handler=command_export)
+    embed = commands.add_parser("embed", help="embed a prepared dataset with a backbone (Ray Data batch inference) -> Parquet")
+    embed.add_argument("source", help="a `raysl export` directory, or a checkpoint / run / experiment directory")
+    embed.add_argument("data", help="a prepared dataset (raysl prepare's output: local path or URI)")
+    embed.add_argument("--out", required=True, help="the directory or URI (s3://, gs://) to write the Parquet files to")
+    embed.add_argument("--split", default="all", help="train, test or all (default)")
+    embed.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="the embeddings' type (default float16)")
+    embed.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default 256)")
+    embed.add_argument("--actors", type=int, help="backbone actors (default: one per GPU with --gpu, else a few per CPU)")
+    embed.add_argument("--gpu", action="store_true", help="one GPU per backbone actor")
+    embed.set_defaults(handler=command_embed)
     report = commands.add_parser("report", help="leaderboard (Markdown + CSV) and PNG plots of a sweep's experiment directory")
     report.add_argument("experiment", help="the experiment directory (local or URI), e.g. results/quickstart")
     report.set_defaults(handler=command_report)
@@ -544,14 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -352,7 +352,7 @@ class ViewsConfig(Schema):
     """Who makes the views. data: Ray Data's augmentation actors, on CPU nodes (the default). trainer: Ray
     Data delivers the decoded uint8 images (data conditions applied) and each Train worker makes the views on
     its own device, a GPU when it has one, with the same code and crop spec: for when CPU augmentation cannot
-    keep a GPU fed (see the README's performance table)."""
+    keep a GPU fed (see docs/performance.md)."""
 
     @property
     def num_views(self) -> int:
@@ -475,7 +475,7 @@ class RunConfig(Schema):
     """NHWC memory format for convolutions: about 1.5x faster training of the small CNN on CPU."""
     compile: bool = False
     """torch.compile the backbone that takes gradients (in place: checkpoints keep the same keys). The
-    first steps pay the compilation; see the README's performance table before turning it on."""
+    first steps pay the compilation; see docs/performance.md before turning it on."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
@@ -829,8 +829,24 @@ def _smoke_run(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None, smoke: bool = False) -> RunConfig:
-    data = _apply_overrides(read_yaml(path), overrides)
+def config_data(source: str | os.PathLike | dict[str, Any] | BaseModel) -> dict[str, Any]:
+    """A config's plain data from a YAML file's path, a dict (copied) or a config object (the Python API)."""
+    if isinstance(source, BaseModel):
+        return source.model_dump(mode="json")
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
+    return read_yaml(source)
+
+
+def _name_of(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__} config>"
+
+
+def load_run_config(source: str | os.PathLike | dict[str, Any] | BaseModel, overrides: list[str] | None = None,
+                    smoke: bool = False) -> RunConfig:
+    """A validated run config (with --set overrides, --smoke) from a file, a dict or a RunConfig."""
+    path = _name_of(source)
+    data = _apply_overrides(config_data(source), overrides)
     if smoke:
         data = _smoke_run(data)
     try:
@@ -839,8 +855,11 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None,
         raise UserError(f"{path}: invalid run config\n{_validation_message(error)}") from None
 
 
-def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = None, smoke: bool = False) -> SweepConfig:
-    data = _apply_overrides(read_yaml(path), overrides)
+def load_sweep_config(source: str | os.PathLike | dict[str, Any] | BaseModel, overrides: list[str] | None = None,
+                      smoke: bool = False) -> SweepConfig:
+    """A validated sweep config (with --set overrides, --smoke) from a file, a dict or a SweepConfig."""
+    path = _name_of(source)
+    data = _apply_overrides(config_data(source), overrides)
     if smoke:
         base = data.get("base")
         if base is None or isinstance(base, dict):

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ EVAL_ALL = re.compile(r"eval/([^/]+)/all/(\w+)")
 DPI = 100
 FAILED_LOSS = re.compile(r"loss became (\S+) at epoch (\d+), step (\d+)")
 ERROR_NAME = re.compile(r"\b(\w+(?:Error|Exception))\b")
+# How the last `raysl sweep` of this experiment ended: {"ended": "finished" | "time budget" | "interrupted"}.
+# Written when the fit returns, removed when one starts: trials Tune's state still calls RUNNING without it
+# belong to a sweep that is live or whose driver was killed.
+ENDING_FILE = "sweep_end.json"
+HPARAMS_FILE = "events.out.tfevents.raysl-hparams"  # a trial's TensorBoard hparams (HParams view), one per trial
 
 
 # ----------------------------------------------------------------------------- loading
@@ -52,7 +58,9 @@ class Trial:
     error: str | None = None
     """The text of error.txt, when the trial failed."""
     status: str = ""
-    """The leaderboard's status (completed, stopped early (ASHA), failed: ..., not started, ...)."""
+    """The leaderboard's status (completed, stopped early (ASHA), interrupted (epoch N), failed: ..., not started, ...)."""
+    directory: str = ""
+    """The trial's directory under the experiment (trial_<id>)."""
 
     @property
     def epochs(self) -> int:
@@ -127,6 +135,7 @@ def load_experiment(experiment_dir: str) -> Experiment:
             rows=_read_rows(read_text(f"{base}/result.json")),
             state=info.get("status"),
             error=read_text(f"{base}/error.txt"),
+            directory=directory,
         )
     ordered = [trials[trial_id] for trial_id in sorted(trials)]
 
@@ -135,8 +144,9 @@ def load_experiment(experiment_dir: str) -> Experiment:
     else:
         search_keys = list(dict.fromkeys(key for trial in ordered for key in trial.params))
         max_epochs = max((trial.epochs for trial in ordered), default=0)
+    ended = (_read_json(f"{uri}/{ENDING_FILE}") or {}).get("ended")
     for trial in ordered:
-        trial.status = trial_status(trial, max_epochs, sweep)
+        trial.status = trial_status(trial, max_epochs, sweep, ended)
     name = uri.rsplit("/", 1)[-1]
     return Experiment(uri, name, sweep, ordered, search_keys, max_epochs, _main_set(sweep, ordered), warnings)
 
@@ -211,22 +221,61 @@ def error_status(text: str) -> str:
     return f"failed: {names[-1]}" if names else "failed"
 
 
-def trial_status(trial: Trial, max_epochs: int, sweep: SweepConfig | None) -> str:
+def trial_status(trial: Trial, max_epochs: int, sweep: SweepConfig | None, ended: str | None = None) -> str:
+    """completed, stopped early (ASHA), interrupted (epoch N), stopped by the time budget (epoch N), not started,
+    failed: ...; `ended` is how the last `raysl sweep` ended (ENDING_FILE), which says why Tune's state still calls
+    a trial RUNNING (without it: a live sweep, or a killed driver)."""
     # error.txt outlives the attempt that wrote it: a trial Tune retried (trial_retries) and that then
     # finished is TERMINATED, with the error of its failed attempt still beside it.
     if trial.state == "ERROR" or (trial.error is not None and trial.state != "TERMINATED"):
         return error_status(trial.error or "")
     if trial.rows and trial.epochs >= max_epochs:
         return "completed"
-    if trial.state in ("RUNNING", "PAUSED"):  # the state file cannot tell a live sweep from a killed one
-        return f"running or interrupted (epoch {trial.epochs})"
-    if not trial.rows and trial.state in (None, "PENDING"):
-        return "not started"
-    reasons = []
-    if sweep is not None:
-        reasons += ["ASHA"] if isinstance(sweep.scheduler, ASHAConfig) else []
-        reasons += ["time budget"] if sweep.time_budget_minutes else []
-    return f"stopped early ({' or '.join(reasons)})" if reasons else "stopped early"
+    cut = {"interrupted": "interrupted", "time budget": "stopped by the time budget"}.get(ended or "")
+    if not trial.rows and trial.state in (None, "PENDING", "RUNNING", "PAUSED"):
+        return f"not started ({cut})" if cut else "not started"
+    if trial.state in ("RUNNING", "PAUSED", "PENDING"):
+        return f"{cut or 'running or interrupted'} (epoch {trial.epochs})"
+    return "stopped early (ASHA)" if sweep is not None and isinstance(sweep.scheduler, ASHAConfig) else "stopped early"
+
+
+def write_hparams(experiment: Experiment, log=print) -> list[str]:
+    """Every trial's hparams for TensorBoard's HParams view, however it ended: its drawn values, its status, and
+    its best and last knn_top1 and epochs as metrics (also Tune's last ray/tune/* scalars), in one events file in
+    its directory (rewritten each time). Tune writes hparams only for trials that complete or fail."""
+    import tempfile
+
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = {"raysl/best_knn_top1": "best", "raysl/last_knn_top1": "final", "raysl/epochs": "epochs"}
+    written = []
+    for trial in experiment.trials:
+        values = {key: _hparam(trial.params.get(key)) for key in experiment.search_keys}
+        values.update(trial=trial.trial_id, status=trial.status)
+        summaries = hparams(values, {**{tag: 0.0 for tag in metrics}, "ray/tune/knn_top1": 0.0, "ray/tune/loss": 0.0})
+        with tempfile.TemporaryDirectory() as scratch:
+            writer = SummaryWriter(scratch)
+            for summary in summaries:
+                writer.file_writer.add_summary(summary)
+            for tag, attribute in metrics.items():
+                value = getattr(trial, attribute)
+                if value is not None:
+                    writer.add_scalar(tag, float(value), global_step=trial.epochs)
+            writer.close()
+            (events,) = [name for name in os.listdir(scratch) if "tfevents" in name]
+            with open(os.path.join(scratch, events), "rb") as handle:
+                data = handle.read()
+        target = f"{experiment.uri}/{trial.directory or 'trial_' + trial.trial_id}/{HPARAMS_FILE}"
+        write_bytes(target, data)
+        written.append(target)
+        log(f"wrote {target}")
+    return written
+
+
+def _hparam(value: Any) -> float | int | str | bool:
+    """A value TensorBoard's hparams take: numbers, strings and booleans as they are, anything else as JSON."""
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
 
 # ----------------------------------------------------------------------------- leaderboard
@@ -616,4 +665,4 @@ def build_report(experiment_dir: str, *, log: Callable[[str], None] = print) -> 
     if exists(f"{uri}/plots/corruption_samples.png"):  # written when a sweep with corruptions starts
         images.append("plots/corruption_samples.png")
     write("leaderboard.md", leaderboard_markdown(experiment, rows, images))
-    return written
+    return written + write_hparams(experiment, log)

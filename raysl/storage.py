@@ -1,10 +1,55 @@
-"""Small files next to results, on a local path or object storage (s3://, gs://) alike, via pyarrow.fs."""
+"""The filesystem helpers every part of raysl shares: paths and URIs (a local path, relative or `~`, or s3://,
+gs://, file://, hdfs://) opened through pyarrow.fs, and the small files next to results (manifests, markers,
+leaderboards, configs). The readers, the writers, the sweep and the report all go through here."""
 
 from __future__ import annotations
 
+import os
+
 import pyarrow.fs as pafs
 
-from raysl.data.sources import open_filesystem
+from raysl.errors import UserError
+
+
+def is_remote(uri: str) -> bool:
+    """A URI with a scheme (s3://, gs://, file://...), not a local path."""
+    return "://" in uri
+
+
+def absolute_path(uri: str) -> str:
+    """A local path made absolute (and `~` expanded), as a Ray worker in another directory must see it; URIs as given."""
+    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
+def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path (relative or `~` allowed) or a URI such as s3://, gs://, file://."""
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), absolute_path(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as error:  # pyarrow raises ArrowInvalid / OSError / ArrowNotImplementedError
+        raise UserError(
+            f"cannot open {uri}: {error}. Use a local path or a file://, s3://, gs:// or hdfs:// URI"
+        ) from error
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """`uri/part/...` for local paths and URIs alike."""
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def read_path(filesystem: pafs.FileSystem, path: str) -> bytes:
+    """The whole content of one file of an opened filesystem."""
+    with filesystem.open_input_file(path) as stream:
+        return stream.readall()
+
+
+def is_file(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type == pafs.FileType.Directory
 
 
 def read_text(uri: str) -> str | None:

@@ -14,7 +14,7 @@ import yaml
 
 from raysl.cli import SUBMIT_EXCLUDES, build_parser, submit_command
 from raysl.config import RunConfig
-from raysl.ray_glue.tune import error_status
+from raysl.report import error_status
 from raysl.training.loop import CHECKPOINT_FILE, CheckpointError, Trainer
 
 SMALL = {"model": {"width": 8, "projector_hidden": 32, "projector_out": 16}, "batch_size": 16, "epochs": 2}
@@ -92,6 +92,6 @@ def test_submit_builds_the_documented_ray_job_submit_line():
 
 
 def test_leaderboard_status_names_the_non_finite_epoch_and_step():
-    error = RuntimeError("... NonFiniteLossError: loss became nan at epoch 3, step 41; the run stops here ...")
+    error = "... NonFiniteLossError: loss became nan at epoch 3, step 41; the run stops here ..."
     assert error_status(error) == "failed: loss nan at epoch 3 step 41"
-    assert error_status(RuntimeError("Traceback ...\nCheckpointError: checkpoint x cannot be loaded")) == "failed: CheckpointError"
+    assert error_status("Traceback ...\nCheckpointError: checkpoint x cannot be loaded") == "failed: CheckpointError"

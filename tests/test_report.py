@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import moto_s3
 from raysl.config import SweepConfig, dump_yaml, load_sweep_config
 from raysl.errors import UserError
-from raysl.report import build_report, error_status, load_experiment
+from raysl.report import ENDING_FILE, HPARAMS_FILE, build_report, error_status, load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
@@ -268,13 +268,15 @@ def test_study_quality(tmp_path):
         trials.append({"id": trial_id, "params": {"data.corruption.salt_pepper": salt, "data.corruption.gaussian_noise": noise},
                        "rows": epoch_rows(trial_id, [0.5, 0.6, 0.7 - salt - noise / 2])})
     trials[-1]["rows"] = trials[-1]["rows"][:1]  # one cut short: not in the study
+    trials[-1]["state"] = "RUNNING"  # what Tune's state says of a trial the time budget cut
     sweep = sweep_dict({"data.corruption.salt_pepper": [0.0, 0.01, 0.05], "data.corruption.gaussian_noise": [0.0, 0.1]})
     sweep["time_budget_minutes"] = 5
     experiment = write_experiment(tmp_path / "quality", sweep, trials)
+    (experiment / ENDING_FILE).write_text('{"ended": "time budget"}')
     build_report(str(experiment), log=lambda line: None)
     assert "study_quality.png" in produced(experiment) and "study_quantity.png" not in produced(experiment)
     assert_png((experiment / "plots" / "study_quality.png").read_bytes())
-    assert read_csv(experiment / "leaderboard.csv")[-1]["status"] == "stopped early (time budget)"
+    assert read_csv(experiment / "leaderboard.csv")[-1]["status"] == "stopped by the time budget (epoch 1)"
 
 
 def test_study_granularity_with_final_evaluation(tmp_path):
@@ -342,3 +344,50 @@ def test_report_on_object_storage(s3, tmp_path):
     markdown = s3.get_object(Bucket=BUCKET, Key="results/exp/leaderboard.md")["Body"].read().decode()
     assert markdown.startswith("# Sweep report: exp\n") and "12 completed" in markdown
     assert_png(s3.get_object(Bucket=BUCKET, Key="results/exp/plots/knn_per_epoch.png")["Body"].read())
+
+
+def hparams_of(trial_dir: Path) -> dict[str, Any]:
+    """The trial's hparams and metric values as TensorBoard's own event reader sees them (HParams view)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    reader = EventAccumulator(str(trial_dir))
+    reader.Reload()
+    content = reader.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = {key: value.string_value or value.number_value for key, value in start.hparams.items()}
+    metrics = {tag: reader.Scalars(tag)[-1].value for tag in reader.Tags()["scalars"]}
+    return {**values, **metrics}
+
+
+@pytest.mark.parametrize("ended, running, pending", [
+    ("interrupted", "interrupted (epoch 1)", "not started (interrupted)"),
+    ("time budget", "stopped by the time budget (epoch 1)", "not started (stopped by the time budget)"),
+])
+def test_every_trial_however_it_ended_has_its_status_and_hparams(tmp_path, ended, running, pending):
+    trials = [
+        {"id": "e_00000", "params": {"optimizer.lr": 0.001}, "rows": epoch_rows("e_00000", [0.4, 0.5, 0.55])},
+        {"id": "e_00001", "params": {"optimizer.lr": 0.002}, "rows": epoch_rows("e_00001", [0.3])},
+        {"id": "e_00002", "params": {"optimizer.lr": 0.003}, "rows": epoch_rows("e_00002", [0.45]), "state": "RUNNING"},
+        {"id": "e_00003", "params": {"optimizer.lr": 0.004}, "rows": [], "state": "PENDING"},
+        {"id": "e_00004", "params": {"optimizer.lr": 0.005}, "rows": epoch_rows("e_00004", [0.2]), "state": "ERROR",
+         "error": "RuntimeError: loss became nan at epoch 2, step 9"},
+    ]
+    sweep = sweep_dict({"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005]})
+    sweep["scheduler"] = {"name": "asha", "grace_period": 1}
+    experiment = write_experiment(tmp_path / "ends", sweep, trials)
+    (experiment / "trial_e_00003").mkdir()  # Tune made its directory before the sweep stopped
+    (experiment / ENDING_FILE).write_text(json.dumps({"ended": ended}))
+    build_report(str(experiment), log=lambda line: None)
+    statuses = {row["trial"]: row["status"] for row in read_csv(experiment / "leaderboard.csv")}
+    assert statuses == {"e_00000": "completed", "e_00001": "stopped early (ASHA)", "e_00002": running,
+                        "e_00003": pending, "e_00004": "failed: loss nan at epoch 2 step 9"}
+    for trial_id, status in statuses.items():
+        seen = hparams_of(experiment / f"trial_{trial_id}")
+        assert seen["status"] == status and seen["trial"] == trial_id
+        assert seen["optimizer.lr"] == pytest.approx(float(trial_id[-1]) / 1000 + 0.001)
+    assert hparams_of(experiment / "trial_e_00000")["raysl/best_knn_top1"] == pytest.approx(0.55)
+    assert hparams_of(experiment / "trial_e_00002")["raysl/epochs"] == 1
+    assert "raysl/best_knn_top1" not in hparams_of(experiment / "trial_e_00003")  # nothing measured: no value
+    build_report(str(experiment), log=lambda line: None)  # again (raysl report): one hparams file per trial, replaced
+    assert [path.name for path in (experiment / "trial_e_00002").glob("events.out.tfevents*")] == [HPARAMS_FILE]

@@ -36,7 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from raysl.data.shards import describe_file
-from raysl.data.sources import _to_uint8, read_bytes
+from raysl.data.sources import _to_uint8
+from raysl.storage import read_path
 
 DEFAULT_MAX_SIDE = 512  # ImageNet's photos are mostly <= 500 px: kept byte-for-byte; larger ones are shrunk
 DEFAULT_QUALITY = 90
@@ -267,7 +268,7 @@ def write_encoded(
         data = item.data
         if data is None:
             try:
-                data = read_bytes(source_filesystem, item.path)
+                data = read_path(source_filesystem, item.path)
             except OSError as error:
                 return item, f"cannot read: {error}"
         result = encode_image(data, max_side=max_side, quality=quality)

@@ -3,7 +3,7 @@
 `raysl prepare parquet SRC --out URI [--image-column image --label-column label]` and
 `raysl prepare webdataset SRC --out URI` convert them (a copy) into raysl's encoded layout: the same
 verify/re-encode step and shard writer as image folders, the same manifest. Reading them in place is not
-offered: see the README.
+offered: see docs/performance.md (bring existing data).
 
 Parquet: SRC is a directory (searched recursively) or a glob of .parquet files. The image column holds the
 encoded file bytes, either as binary or as a struct with fields `bytes` and `path` (the Hugging Face hub
@@ -44,8 +44,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raysl.data.encoded import Item
-from raysl.data.sources import HELD_OUT_ORDER, SPLIT_FOLDER_NAMES, join_uri, open_filesystem
+from raysl.data.sources import HELD_OUT_ORDER, SPLIT_FOLDER_NAMES
 from raysl.errors import UserError
+from raysl.storage import join_uri, open_filesystem
 
 SHUFFLE_BUFFER = 1024
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

@@ -26,7 +26,7 @@ Mode choice (`--mode auto`, the default): idx and CIFAR are always pixels; Parqu
 always encoded; an image folder with --image-size is pixels; an image folder without it is pixels when
 the headers of a seeded sample of 256 of its images all give one size whose long side is <= 64 px, else
 encoded. Parquet and WebDataset sources are converted by `prepare` (a copy) rather than read in place as
-`data.path`; reading them in place is not offered: see the README.
+`data.path`; reading them in place is not offered: see docs/performance.md (bring existing data).
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ from raysl.data import encoded
 from raysl.data.download import default_download_dir, download_source
 from raysl.data.shards import describe_file, read_table
 from raysl.data.sources import (
-    IMAGE_EXTENSIONS, SourceData, SplitData, join_uri, open_filesystem, plan_image_folder, read_bytes,
-    read_cifar_source, read_idx_source, read_image_folder, resize_all,
+    IMAGE_EXTENSIONS, SourceData, SplitData, plan_image_folder, read_cifar_source, read_idx_source,
+    read_image_folder, resize_all,
 )
 from raysl.errors import UserError
+from raysl.storage import join_uri, open_filesystem, read_path
 
 KINDS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "parquet", "webdataset")
 ENCODED_KINDS = ("parquet", "webdataset")  # prepare-only sources: run configs cannot name them
@@ -246,7 +247,7 @@ def read_manifest(uri: str) -> dict:
         raise UserError(f"no prepared dataset at {uri} ({MANIFEST_NAME} missing); "
                         f"create it with `raysl prepare KIND [SRC] --out {uri}`")
     try:
-        manifest = json.loads(read_bytes(filesystem, f"{path}/{MANIFEST_NAME}"))
+        manifest = json.loads(read_path(filesystem, f"{path}/{MANIFEST_NAME}"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(
             f"{join_uri(uri, MANIFEST_NAME)} is not valid JSON ({error}); prepare the dataset again"

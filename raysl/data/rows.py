@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from raysl.data.conditions import to_shape
 from raysl.data.shards import read_table
-from raysl.data.sources import open_filesystem
+from raysl.storage import open_filesystem
 
 
 def is_encoded(manifest: dict) -> bool:

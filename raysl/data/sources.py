@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from raysl.errors import UserError
+from raysl.storage import is_dir, is_file, join_uri, open_filesystem, read_path
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -50,40 +51,6 @@ class SourceData:
     notes: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------------- filesystem
-
-
-def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path (relative or `~` allowed) or a URI such as s3://, gs://, file://."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as error:  # pyarrow raises ArrowInvalid / OSError / ArrowNotImplementedError
-        raise UserError(
-            f"cannot open {uri}: {error}. Use a local path or a file://, s3://, gs:// or hdfs:// URI"
-        ) from error
-
-
-def join_uri(uri: str, *parts: str) -> str:
-    """`uri/part/...` for local paths and URIs alike."""
-    return "/".join([uri.rstrip("/"), *parts])
-
-
-def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
-    """The whole content of one file."""
-    with filesystem.open_input_file(path) as stream:
-        return stream.readall()
-
-
-def _is_file(filesystem: pafs.FileSystem, path: str) -> bool:
-    return filesystem.get_file_info(path).type == pafs.FileType.File
-
-
-def _is_dir(filesystem: pafs.FileSystem, path: str) -> bool:
-    return filesystem.get_file_info(path).type == pafs.FileType.Directory
-
-
 # ---------------------------------------------------------------------------------------------- idx (MNIST)
 
 IDX_FILES = {
@@ -98,7 +65,7 @@ def read_idx_source(kind: str, source: str) -> SourceData:
     found: dict[str, str | None] = {}
     for name in (name for pair in IDX_FILES.values() for name in pair):
         paths = (f"{directory}/{name}", f"{directory}/{name}.gz")
-        found[name] = next((path for path in paths if _is_file(filesystem, path)), None)
+        found[name] = next((path for path in paths if is_file(filesystem, path)), None)
     missing = [name for name, path in found.items() if path is None]
     if missing:
         if kind == "fashion-mnist":
@@ -127,7 +94,7 @@ def read_idx_source(kind: str, source: str) -> SourceData:
 
 def _read_idx(filesystem: pafs.FileSystem, path: str, ndim: int) -> np.ndarray:
     """Parse one idx file of unsigned bytes with `ndim` dimensions (magic 0x0000 08 ndim, big-endian sizes)."""
-    raw = read_bytes(filesystem, path)
+    raw = read_path(filesystem, path)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -177,7 +144,7 @@ def read_cifar_source(kind: str, source: str) -> SourceData:
     CIFAR-100 keeps fine labels as "label" and coarse labels as "label_coarse"."""
     folder, train_files, test_files, meta_file, url = CIFAR_LAYOUTS[kind]
     filesystem, path = open_filesystem(source)
-    directory = next((d for d in (path, f"{path}/{folder}") if _is_file(filesystem, f"{d}/{meta_file}")), None)
+    directory = next((d for d in (path, f"{path}/{folder}") if is_file(filesystem, f"{d}/{meta_file}")), None)
     if directory is None:
         expected = ", ".join([meta_file, *train_files, *test_files])
         raise UserError(
@@ -208,10 +175,10 @@ def read_cifar_source(kind: str, source: str) -> SourceData:
 
 def _load_pickle(filesystem: pafs.FileSystem, path: str) -> dict:
     """A CIFAR pickle as a dict with str keys (the originals are Python 2 pickles with bytes keys)."""
-    if not _is_file(filesystem, path):
+    if not is_file(filesystem, path):
         raise UserError(f"missing {path}; extract the CIFAR archive again (or rerun with --download)")
     try:
-        loaded = _NumpyOnlyUnpickler(io.BytesIO(read_bytes(filesystem, path)), encoding="bytes").load()
+        loaded = _NumpyOnlyUnpickler(io.BytesIO(read_path(filesystem, path)), encoding="bytes").load()
     except Exception as error:  # truncated or foreign pickles raise many types
         raise UserError(f"{path} is not a readable CIFAR pickle ({error}); extract the archive again") from error
     if not isinstance(loaded, dict):
@@ -457,14 +424,14 @@ def read_class_list(classes_file: str) -> list[str]:
     sorted and without repeats. `classes_file` may also name a shipped list (`imagenet100`: raysl/classlists/)
     when no file of that name exists; an existing file takes precedence."""
     filesystem, path = open_filesystem(classes_file)
-    if not _is_file(filesystem, path):
+    if not is_file(filesystem, path):
         if classes_file in shipped_class_lists():
             filesystem, path = pafs.LocalFileSystem(), os.path.join(SHIPPED_CLASS_LISTS, f"{classes_file}.txt")
         else:
             raise UserError(f"--classes {classes_file}: no such file; pass a text file with one class folder name a "
                             f"line, or a shipped list name ({', '.join(shipped_class_lists())})")
     try:
-        text = read_bytes(filesystem, path).decode("utf-8-sig")
+        text = read_path(filesystem, path).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise UserError(f"--classes {classes_file} is not UTF-8 text ({error}); "
                         "pass a text file with one class folder name a line") from error
@@ -493,7 +460,7 @@ def plan_image_folder(
     classes is an error. Candidates are sorted by path within each split.
     """
     filesystem, root = open_filesystem(source)
-    if not _is_dir(filesystem, root):
+    if not is_dir(filesystem, root):
         raise UserError(f"image folder {source} does not exist or is not a directory; "
                         "pass the folder holding the images")
     folders, _ = _scan(filesystem, root)
@@ -604,7 +571,7 @@ def plan_image_folder(
 def _decode_image(filesystem: pafs.FileSystem, path: str, image_size: int | None) -> _Decoded | str:
     """Decode one file into 8-bit pixels, or return why it cannot be used."""
     try:
-        data = read_bytes(filesystem, path)
+        data = read_path(filesystem, path)
         if not data:
             return "empty file"
         with Image.open(io.BytesIO(data)) as image:

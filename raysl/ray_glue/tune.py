@@ -6,26 +6,31 @@ Train V2 runs inside Tune as a *driver function* that builds a TorchTrainer and 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
-from pathlib import Path
+import signal
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.logger import TBXLoggerCallback
 
 from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
-from raysl.data.pretraining import save_corruption_samples
-from raysl.data.pretraining import recorded_damage
+from raysl.data.pretraining import recorded_damage, save_corruption_samples
 from raysl.data.shards import DamagedShardError
 from raysl.errors import UserError
+from raysl.preflight import resolve_pool
 from raysl.ray_glue.train import (
     DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.report import build_report
-from raysl.report import error_status as status_from_error_text
-from raysl.storage import exists, list_dirs, read_text, write_text
+from raysl.report import ENDING_FILE, build_report, load_experiment
+from raysl.report import leaderboard_rows as report_rows
+from raysl.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
 
 METRIC = "knn_top1"
@@ -51,12 +56,10 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     if earlier := recorded_damage(damaged):  # a retried trial that met a damaged shard, still damaged
         raise DamagedShardError(earlier)
     configure_data_context(run)  # before the trainer copies the DataContext
-    from raysl.cli import resolve_pool  # the trial's own pool (data.pool can be searched); prepared before Ray started
-
     trainer = build_trainer(
         run,
         data_uri,
-        pool_uris=resolve_pool(run),
+        pool_uris=resolve_pool(run),  # the trial's own pool (data.pool can be searched); prepared before Ray started
         storage_path=train_storage,
         name=trial_id,
         git_commit=git_commit,
@@ -71,10 +74,6 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
         if earlier := recorded_damage(damaged):
             raise DamagedShardError(earlier) from None
         raise RuntimeError(f"trial {trial_id} failed: {failure_summary(error)}") from error
-
-
-def absolute_path(path: str) -> str:
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def experiment_path(sweep: SweepConfig, name: str | None = None) -> str:
@@ -168,8 +167,59 @@ def latest_experiment_name(sweep: SweepConfig) -> str:
     return max(restorable, key=lambda name: int(name.rsplit("_", 1)[1]) if name != sweep.name else 1)
 
 
-def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: bool = False, log=print) -> str:
-    """Run (or resume) the sweep; write leaderboard.csv and best_config.yaml; return the experiment path."""
+class ScalarsOnlyTBX(TBXLoggerCallback):
+    """Tune's TensorBoard logger (a trial's scalars every epoch) without its hparams: Tune writes those only for
+    trials that complete or fail, not for trials a time budget or Ctrl-C cut. raysl.report writes every trial's
+    hparams, with its status, once the sweep ends (and `raysl report` again)."""
+
+    def _try_log_hparams(self, trial, result) -> None:
+        pass
+
+
+class _RestoreHint(logging.Filter):
+    """Drops Tune's `Tuner.restore(path=..., trainable=...)` hint: raysl prints its own `--resume` command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage() and "Trials did not complete" not in record.getMessage()
+
+
+class InterruptWatch:
+    """Whether Tune's fit stopped on Ctrl-C (SIGINT, or SIGUSR1). Tune swaps in its own SIGINT handler for the fit
+    and puts back the one it found only when a signal stops the sweep; so a marker handler installed before the fit
+    is back afterwards exactly when the sweep was interrupted. A second Ctrl-C (Tune let go) raises as usual."""
+
+    def __enter__(self) -> InterruptWatch:
+        self.interrupted = False
+        self._main = threading.current_thread() is threading.main_thread()
+        if self._main:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._marker)
+        return self
+
+    @staticmethod
+    def _marker(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._main:
+            self.interrupted = signal.getsignal(signal.SIGINT) is self._marker
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class SweepOutcome:
+    path: str
+    """The experiment directory."""
+    rows: list[dict[str, Any]]
+    """The leaderboard (raysl.report.leaderboard_rows): best knn_top1 first."""
+    interrupted: bool
+    best_params: dict[str, Any] | None
+    """The best trial's drawn values (None: no trial scored)."""
+
+
+def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: bool = False, log=print) -> SweepOutcome:
+    """Run (or resume) the sweep; write the report (leaderboard, plots, every trial's TensorBoard hparams),
+    best_config.yaml and best_backbone/; return the experiment path, the leaderboard and whether it was interrupted."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table: trial, swept values, knn_top1, epochs, status
     # Trials run in their own working directories: resolve a relative storage path here, once.
     sweep = sweep.model_copy(update={"storage_path": absolute_path(sweep.storage_path)})
@@ -200,28 +250,48 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 # A trial whose driver died (its node lost) restarts; its Train run resumes from its checkpoint.
                 failure_config=tune.FailureConfig(max_failures=sweep.trial_retries),
                 progress_reporter=_reporter(sweep),
+                callbacks=[ScalarsOnlyTBX()],
                 verbose=1,
             ),
         )
         write_text(f"{path}/{SWEEP_FILE}", dump_yaml(sweep))  # what `raysl report` reads: search keys, epochs
         write_corruption_samples(sweep, data_uri, path, log)
         log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
-    results = tuner.fit()
-    rows = leaderboard_rows(results, sweep)
-    print_leaderboard(rows, log)
-    write_best_config(rows, sweep, path, log)
-    export_best(rows, path, log)
+    delete_file(f"{path}/{ENDING_FILE}")  # until this run of the sweep ends: trials left RUNNING were killed
+    hint = _RestoreHint()
+    logging.getLogger("ray.tune.tune").addFilter(hint)
     try:
-        build_report(path, log=log)
+        with InterruptWatch() as watch:
+            results = tuner.fit()
+    finally:
+        logging.getLogger("ray.tune.tune").removeFilter(hint)
+    unfinished = [trial for trial in results._experiment_analysis.trials if trial.status not in ("TERMINATED", "ERROR")]
+    ended = "interrupted" if watch.interrupted else "time budget" if unfinished and sweep.time_budget_minutes else "finished"
+    write_text(f"{path}/{ENDING_FILE}", json.dumps({"ended": ended}) + "\n")
+    try:
+        written = build_report(path, log=lambda text: None)
     except Exception as error:  # the sweep's results stand without the report; it can be rebuilt
+        written = []
         log(f"the report could not be built ({type(error).__name__}: {error}); retry with: raysl report {path}")
+    experiment = load_experiment(path)
+    rows = report_rows(experiment)
+    print_leaderboard(rows, log)
+    params = {trial.trial_id: trial.params for trial in experiment.trials}
+    scored = [row for row in rows if row[METRIC] is not None]
+    best = params.get(scored[0]["trial"]) if scored else None
+    if scored:
+        write_best_config(scored[0], best, sweep, path, log)
+        if not watch.interrupted:
+            export_best(scored[0]["trial"], path, log)
+    if written:
+        log(f"report: {path}/leaderboard.md, plots in {path}/plots; every trial in TensorBoard: tensorboard --logdir {path}")
     failed = [result for result in results if result.error is not None]
-    if failed and len(failed) == len(rows):
+    if failed and len(failed) == len(rows) and not watch.interrupted:
         raise UserError(
             f"all {len(rows)} trials failed; the first error:\n{_error_summary(failed[0].error)}\n"
             f"(full traces: error.txt in the trial directories under {path})"
         )
-    return path
+    return SweepOutcome(path, rows, watch.interrupted, best)
 
 
 def write_corruption_samples(sweep: SweepConfig, data_uri: str, path: str, log=print) -> None:
@@ -239,89 +309,45 @@ def _error_summary(error: BaseException) -> str:
     return "\n".join(lines[-3:])
 
 
-def leaderboard_rows(results, sweep: SweepConfig) -> list[dict[str, Any]]:
-    rows = []
-    for result in results:
-        history = result.metrics_dataframe
-        metrics = result.metrics or {}
-        knn_values = history[METRIC].dropna().tolist() if history is not None and METRIC in history else []
-        epochs = int(metrics.get("epoch", 0) or 0)
-        if result.error is not None:
-            status = error_status(result.error)
-        elif epochs >= sweep.max_epochs:
-            status = "completed"
-        else:
-            reasons = (["ASHA"] if isinstance(sweep.scheduler, ASHAConfig) else []) + (
-                ["time budget"] if sweep.time_budget_minutes else []
-            )
-            status = f"stopped early ({' or '.join(reasons)})" if reasons else "stopped early"
-        search = (result.config or {}).get("search", {})
-        rows.append(
-            {
-                "trial": metrics.get("trial_id") or Path(result.path).name,
-                **{key: search.get(key) for key in sweep.search},
-                METRIC: max(knn_values) if knn_values else float("nan"),
-                "last_knn_top1": knn_values[-1] if knn_values else float("nan"),
-                "epochs": epochs,
-                "status": status,
-                "loss": metrics.get("loss", float("nan")),
-                "images_per_s": metrics.get("images_per_s", float("nan")),
-                "_search": search,
-            }
-        )
-    rows.sort(key=lambda row: -row[METRIC] if not math.isnan(row[METRIC]) else math.inf)
-    return rows
-
-
-def error_status(error: BaseException) -> str:
-    """A failed trial's leaderboard status: the non-finite loss's epoch and step, or the error's type."""
-    status = status_from_error_text(str(error))
-    return status if status != "failed" else f"failed: {type(error).__name__}"
-
-
 def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def print_leaderboard(rows: list[dict[str, Any]], log=print) -> None:
-    """The leaderboard in the log; leaderboard.csv / .md and the plots are the report's (raysl/report.py)."""
-    columns = [column for column in (rows[0] if rows else {"trial": None}) if not column.startswith("_")]
-    table = [columns] + [[_format(row[column]) for column in columns] for row in rows]
+    """The leaderboard's main columns in the log (trial, swept values, kNN, epochs, status, loss, img/s);
+    leaderboard.csv / .md hold every column."""
+    first = list(rows[0]) if rows else ["trial", METRIC, "status"]
+    columns = first[: first.index("images_per_s") + 1] if "images_per_s" in first else first
+    table = [columns] + [[_format(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(line[index]) for line in table) for index in range(len(columns))]
     log("\nleaderboard (best kNN top-1 per trial):")
     for line in table:
         log("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
 
 
-def export_best(rows: list[dict[str, Any]], path: str, log=print) -> None:
+def export_best(trial: str, path: str, log=print) -> None:
     """The best trial's backbone exported to best_backbone/ beside best_config.yaml (local experiments; on object
     storage: `raysl export EXPERIMENT --out DIR` where it is needed)."""
-    scored = [row for row in rows if not math.isnan(row[METRIC])]
-    if not scored:
-        return
-    if "://" in path:
+    if is_remote(path):
         log(f"best backbone: raysl export {path} --out best_backbone")
         return
     from raysl.exporting import export_backbone
 
     try:
-        export_backbone(f"{path}/train/{scored[0]['trial']}", f"{path}/best_backbone", log=lambda text: None)
+        export_backbone(f"{path}/train/{trial}", f"{path}/best_backbone", log=lambda text: None)
         log(f"best backbone: {path}/best_backbone (raysl.load_backbone)")
     except Exception as error:  # the sweep's results stand without it; raysl export can redo it
         log(f"note: exporting the best backbone failed ({type(error).__name__}: {error}); run raysl export {path}")
 
 
-def write_best_config(rows: list[dict[str, Any]], sweep: SweepConfig, path: str, log=print) -> None:
-    scored = [row for row in rows if not math.isnan(row[METRIC])]
-    if not scored:
-        return
-    best = scored[0]
-    run = apply_assignment(sweep.base, best["_search"])
+def write_best_config(best: dict[str, Any], params: dict[str, Any], sweep: SweepConfig, path: str, log=print) -> None:
+    """best_config.yaml: the base run config with the best trial's drawn values, runnable with raysl train."""
+    run = apply_assignment(sweep.base, params)
     run = run.model_copy(update={"name": f"{sweep.name}-best", "storage_path": sweep.storage_path})
     target = f"{path}/best_config.yaml"
-    how = f"raysl train {target}" if "://" not in target else "copy it here, then raysl train best_config.yaml"
+    how = f"raysl train {target}" if not is_remote(target) else "copy it here, then raysl train best_config.yaml"
     header = f"# best trial {best['trial']} of sweep {path}: knn_top1 {best[METRIC]:.4f}\n# run it: {how}\n"
     write_text(target, header + dump_yaml(run))
     log(f"best config: {target}")

@@ -39,7 +39,7 @@ def streamed_batches(
     batches of encoded rows): shards in a random order, rows shuffled within a window, views cropped from
     each original image as Ray Data's actors do."""
     from raysl.data.shards import read_table
-    from raysl.data.sources import open_filesystem
+    from raysl.storage import open_filesystem
 
     pending: list = []
     manifests = [read_manifest(source.uri) for source in plan.sources]
