@@ -16,11 +16,9 @@ started for the call and shut down after it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import subprocess
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from raysl.errors import UserError
 from raysl.preflight import (
     check_data_conditions, check_gpu, check_shards, check_sweep_data, resolve_data, resolve_pool,
 )
+from raysl.ray_glue.session import ray_session
 from raysl.storage import absolute_path, is_remote
 
 if TYPE_CHECKING:
@@ -47,29 +46,6 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-@contextmanager
-def ray_session(*, quiet: bool, log=print):
-    """Ray for one call: RAY_ADDRESS's cluster (also set under `ray job submit`), else an embedded local Ray with
-    the dashboard on (it runs the cleaner that frees a stopped trial's placement group). A Ray that is already
-    initialised is used and left running; one started here is shut down, so its late log lines come first."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        options = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
-        if os.environ.get("RAY_ADDRESS"):
-            log(f"connecting to the Ray cluster at {os.environ['RAY_ADDRESS']}")
-            ray.init(**options)
-        else:
-            log("starting an embedded local Ray (set RAY_ADDRESS to use a cluster)")
-            ray.init(include_dashboard=True, **options)
-    try:
-        yield
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
 
 
 def _kind_check(source: ConfigSource, wanted: str) -> None:

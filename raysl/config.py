@@ -29,9 +29,10 @@ Positive = Annotated[float, Field(gt=0.0)]
 
 
 class Schema(BaseModel):
-    """Base of every config section: unknown keys are errors, at any depth."""
+    """Base of every config section: unknown keys are errors, at any depth. The string under a field is its
+    description (pydantic's use_attribute_docstrings): docs/configuration-reference.md is made from them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 # ----------------------------------------------------------------------------- run config
@@ -44,8 +45,11 @@ class SubsetConfig(Schema):
     permutation; per class when balanced)."""
 
     count: Annotated[int, Field(ge=1)] | None = None
+    """Pretrain on this many train images (give count or fraction, not both)."""
     fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Pretrain on this fraction of the train images (give count or fraction, not both)."""
     seed: int = 0
+    """Seed of the subset's permutation: with one seed, smaller subsets nest in larger ones."""
     balanced: bool = False
     """The same number of images from every class (the first classes get one more when it does not divide)."""
     epoch_size: Literal["subset", "full"] = "subset"
@@ -76,6 +80,7 @@ class CorruptionConfig(Schema):
     salt_pepper: Fraction = 0.0
     """Set each pixel to black or white (equally likely) with this probability (the paper: 0.01)."""
     seed: int = 0
+    """Seed of the corruptions' draws (with each image's index: the same corruption every epoch)."""
 
     @property
     def active(self) -> bool:
@@ -96,8 +101,11 @@ class PoolDataset(Schema):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] | None = None
     """What its metrics are called (knn_top1/NAME); default: its kind, or the last part of its path."""
     kind: DatasetKind | None = None
+    """A known dataset kind, prepared on first use (as `data.kind`)."""
     source: str | None = None
+    """Where the raw files of `kind` are (as `data.source`)."""
     path: str | None = None
+    """A dataset made by `raysl prepare` (as `data.path`); give path or kind."""
     weight: Annotated[float, Field(ge=0.0)] = 1.0
     """Share of each epoch's pretraining images, against data.weight and the other pool entries
     (0: evaluated on, not pretrained on)."""
@@ -120,11 +128,16 @@ class DataConfig(Schema):
     path: str | None = None
     """A dataset made by `raysl prepare` (local path or s3:// / gs:// URI); wins over `kind`."""
     cache_dir: str = "~/.cache/raysl/datasets"
+    """Where a known `kind` is prepared on first use (shown in the log)."""
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
+    """When `kind` is prepared on first use: resize every image to this size (as `raysl prepare --image-size`);
+    pool entries are prepared at their own size."""
     train_limit: Annotated[int, Field(ge=1)] | None = None
     """Pretrain on the first N train images only (used by --smoke)."""
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
+    """Quantity: pretrain on a seeded, nested subset of the train split."""
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
+    """Quality: fixed corruptions of the pretraining images."""
     weight: Annotated[float, Field(ge=0.0)] = 1.0
     """This dataset's share of the pretraining images when `pool` is given (0: pretrain on the pool only,
     still evaluate on this dataset: the out-of-domain case)."""
@@ -167,7 +180,9 @@ class ModelConfig(Schema):
     """Small CNN: average-pool the last feature map to pool_size x pool_size (1: global average pool).
     Features are 4 x width x pool_size^2 wide; above 1 they keep coarse layout (top vs bottom)."""
     projector_hidden: Annotated[int, Field(ge=8)] = 512
+    """Hidden width of the projector MLP on top of the backbone."""
     projector_out: Annotated[int, Field(ge=8)] = 128
+    """Output width of the projector: the embedding the loss sees."""
     _image_size: int | None = PrivateAttr(default=None)  # set by raysl.methods.backbone_config
 
     @field_validator("backbone")
@@ -199,6 +214,7 @@ Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
 class SimCLRConfig(Schema):
     name: Literal["simclr"] = "simclr"
     temperature: Temperature = 0.5
+    """NT-Xent temperature."""
 
 
 class MoCoConfig(Schema):
@@ -206,6 +222,7 @@ class MoCoConfig(Schema):
 
     name: Literal["moco"] = "moco"
     temperature: Temperature = 0.2
+    """InfoNCE temperature."""
     queue_size: Annotated[int, Field(ge=1)] = 4096
     """K keys kept as negatives; a multiple of the keys enqueued per step (global batch, x2 if symmetric)."""
     momentum: Momentum = 0.99
@@ -234,6 +251,7 @@ class BYOLConfig(Schema):
     momentum: Momentum = 0.99
     """Base target EMA rate tau; it rises to 1 on a cosine schedule over the run."""
     predictor_hidden: Annotated[int, Field(ge=8)] = 512
+    """Hidden width of the predictor MLP."""
 
 
 class WMSEConfig(Schema):
@@ -263,7 +281,9 @@ class LoGoSimSiamConfig(SimSiamConfig):
 
     name: Literal["logo-simsiam"] = "logo-simsiam"  # type: ignore[assignment]
     ll_weight: Annotated[float, Field(ge=0.0)] = 1e-4
+    """lambda: weight of the local-to-local dissimilarity term."""
     affinity_hidden: Annotated[int, Field(ge=8)] = 256
+    """Hidden width of the learned affinity (the MLP that scores a pair of local crops)."""
 
 
 def _method_name(value: Any) -> str:
@@ -285,6 +305,7 @@ MethodConfig = Annotated[
 
 class OptimizerConfig(Schema):
     name: Literal["sgd", "lars", "adamw"] = "adamw"
+    """sgd, lars (SGD with layer-wise trust ratios) or adamw."""
     lr: Annotated[float, Field(gt=0.0, le=1e6)] = 2e-3
     """Base learning rate. The optimiser runs at lr x scale(batch_size / reference_batch), scale by lr_scaling."""
     lr_scaling: Literal["linear", "sqrt", "none"] = "none"
@@ -293,9 +314,11 @@ class OptimizerConfig(Schema):
     reference_batch: Annotated[int, Field(ge=1)] = 256
     """The global batch at which the optimiser runs at exactly lr."""
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    """Weight decay of the optimiser."""
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     """SGD / LARS momentum (AdamW uses beta1 = 0.9)."""
     lars_trust: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    """LARS trust coefficient."""
 
     def scaled_lr(self, batch_size: int) -> float:
         """The learning rate the optimiser runs at for a global batch of `batch_size` images."""
@@ -307,15 +330,20 @@ class ScheduleConfig(Schema):
     warmup_epochs: Annotated[float, Field(ge=0.0)] = 1.0
     """Linear warm-up from 0, then cosine decay to `final_lr_ratio` x lr at the last step."""
     final_lr_ratio: Fraction = 0.0
+    """The learning rate at the last step, as a fraction of the (scaled) lr."""
 
 
 class CropSpec(Schema):
     count: Annotated[int, Field(ge=1, le=16)] = 2
+    """Views cut with this spec from each image."""
     role: Literal["global", "local"] = "global"
     """LoGo: global crops (scale lower bound r_g) or local crops (scale upper bound r_l); others: global."""
     size: Annotated[int, Field(ge=8, le=1024)] = 28
+    """Side of the view in pixels (square): each crop is resized to size x size."""
     scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.3, 1.0)
+    """Area of the crop as a fraction of the image: [lower, upper] (RandomResizedCrop's scale)."""
     ratio: tuple[Positive, Positive] = (3 / 4, 4 / 3)
+    """Aspect ratio range of the crop (RandomResizedCrop's ratio)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> CropSpec:
@@ -328,26 +356,37 @@ class CropSpec(Schema):
 
 class ColorJitterConfig(Schema):
     prob: Fraction = 0.8
+    """Probability of colour jitter, per view."""
     brightness: Fraction = 0.4
+    """Brightness factor drawn from [1 - b, 1 + b]."""
     contrast: Fraction = 0.4
+    """Contrast factor drawn from [1 - c, 1 + c]."""
     saturation: Fraction = 0.4
     """Colour images only, like hue and grayscale."""
     hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Hue shift drawn from [-h, h] (colour images only)."""
 
 
 class BlurConfig(Schema):
     prob: Fraction = 0.0
+    """Probability of a Gaussian blur, per view (0: off)."""
     sigma: tuple[Positive, Positive] = (0.1, 2.0)
+    """The blur's sigma is drawn from this range, per image."""
 
 
 class ViewsConfig(Schema):
     """Random views as data: crop specs, then flip, colour jitter, grayscale, blur (per view)."""
 
     crops: list[CropSpec] = Field(default_factory=lambda: [CropSpec()], min_length=1)
+    """Crop specs in order; every view is one random resized crop of one spec."""
     flip: Fraction = 0.5
+    """Probability of a horizontal flip, per view."""
     color_jitter: ColorJitterConfig = Field(default_factory=ColorJitterConfig)
+    """Brightness, contrast, saturation and hue jitter, per view."""
     grayscale: Fraction = 0.2
+    """Probability of turning a colour view gray, per view."""
     blur: BlurConfig = Field(default_factory=BlurConfig)
+    """Gaussian blur, per view."""
     where: Literal["data", "trainer"] = "data"
     """Who makes the views. data: Ray Data's augmentation actors, on CPU nodes (the default). trainer: Ray
     Data delivers the decoded uint8 images (data conditions applied) and each Train worker makes the views on
@@ -368,16 +407,22 @@ class ProbeConfig(Schema):
     labels) -> test split."""
 
     epochs: Annotated[int, Field(ge=1)] = 100
+    """Epochs of linear-probe training."""
     lr: Annotated[float, Field(gt=0.0)] = 1e-2
+    """The probe's AdamW learning rate."""
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
+    """The probe's AdamW weight decay."""
     batch_size: Annotated[int, Field(ge=1)] = 1024
+    """The probe's batch of features."""
 
 
 class EvaluationConfig(Schema):
     """kNN monitor: clean train split as the bank, test split as queries, cosine, weighted vote."""
 
     knn_k: Annotated[int, Field(ge=1)] = 200
+    """Neighbours in the kNN vote."""
     knn_temperature: Positive = 0.1
+    """Weight of a neighbour in the vote: exp(similarity / knn_temperature)."""
     bank_limit: Annotated[int, Field(ge=1)] | None = None
     """A class-balanced bank of N train images: the same number of each class (the first classes one more when
     it does not divide; a class with fewer gives all it has), the first in stored order (rows were shuffled when
@@ -404,10 +449,12 @@ class EvaluationConfig(Schema):
     """Labeled budgets for `raysl eval` and the final evaluation: an int is labels per class, a float in
     (0, 1] a fraction of the labeled train split, all: every label. A seeded (budget_seed) nested subset."""
     budget_seed: int = 0
+    """Seed of the labeled budgets' subsets (also the linear probe's seed)."""
     final: bool = False
     """After the last epoch, also run the full evaluation (kNN top-1/top-5 and the linear probe, per label
     set, budget and pool dataset) and write eval.json into the final checkpoint (a sweep's report plots it)."""
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    """The linear probe of the final evaluation and of `raysl eval`."""
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
     """Encoded (variable-size) datasets: the side of the evaluation images (None: the first global crop's
     size, the training size). Fixed-shape datasets are evaluated at their own shape, as before."""
@@ -441,8 +488,11 @@ NodeLabels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 class ResourcesConfig(Schema):
     workers: Annotated[int, Field(ge=1)] = 1
+    """Train workers (DDP ranks) per run; batch_size must be a multiple of it."""
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    """CPUs each Train worker reserves."""
     gpus_per_worker: Annotated[float, Field(ge=0.0)] = 0.0
+    """GPUs each Train worker reserves (0: train on CPU)."""
     data_cpus: Annotated[float, Field(gt=0.0)] = 0.5
     """CPUs each Ray Data read task and augmentation actor reserves (from CPUs no trial reserves)."""
     data_actors: Annotated[int, Field(ge=1)] = 1
@@ -460,13 +510,21 @@ class RunConfig(Schema):
     """One pretraining run: what `raysl train` takes and what a sweep's `base` holds."""
 
     seed: int = 0
+    """Seeds the initial weights (the same on every rank) and each rank's random draws."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """What to pretrain on: the dataset and its data conditions (quantity, quality, domain)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The backbone (small_cnn or a torchvision model) and the projector."""
     method: MethodConfig = Field(default_factory=SimCLRConfig)
+    """The self-supervised method and its own fields, chosen by `method.name`."""
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """The optimiser and how its learning rate follows the batch."""
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """The learning-rate schedule: per-step warm-up, then cosine."""
     views: ViewsConfig = Field(default_factory=ViewsConfig)
+    """The random views (crops, flip, colour jitter, grayscale, blur) and who makes them."""
     epochs: Annotated[int, Field(ge=1, le=100000)] = 10
+    """Epochs of pretraining; also ASHA's `max_t` when that is not given."""
     batch_size: Annotated[int, Field(ge=2)] = 256
     """Global batch (images, not views), split evenly over workers."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -477,13 +535,20 @@ class RunConfig(Schema):
     """torch.compile the backbone that takes gradients (in place: checkpoints keep the same keys). The
     first steps pay the compilation; see docs/performance.md before turning it on."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """The kNN monitor (what ASHA ranks), the final evaluation and the linear probe."""
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Train workers, CPUs and GPUs, Ray Data's share, node labels."""
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    """Train checkpoints kept per run (Ray Train's `CheckpointConfig(num_to_keep)`)."""
     max_failures: Annotated[int, Field(ge=-1)] = 1
     """Times Ray Train restarts a run's workers after a worker process or node dies, each time from the
     last checkpoint (-1: without limit). A non-finite loss is never retried."""
     storage_path: str = "./results"
+    """Where `raysl train` writes the run (`<storage_path>/<name>`): a local path or an s3:// / gs:// URI. A
+    sweep's trials go under its experiment directory instead (`<storage_path>/<name>/train/<trial>` of the sweep
+    file)."""
     name: str = "train"
+    """The run's directory under `storage_path` (`raysl train`)."""
     init_from: str | None = None
     """Start from these backbone weights (model weights only; a `raysl export` directory or a checkpoint of any
     method: its backbone), e.g. to continue pretraining on another domain or with another method. Heads,
@@ -614,11 +679,18 @@ class SearchDistribution(Schema):
     randint [low, high) and qrandint [low, high, q] (high inclusive, as in Ray Tune)."""
 
     choice: list[Any] | None = Field(default=None, min_length=1)
+    """Draw one of these values at random."""
     grid: list[Any] | None = Field(default=None, min_length=1)
+    """Every one of these values (a grid: every combination with the other grid keys)."""
     uniform: tuple[float, float] | None = None
+    """A float drawn uniformly from [low, high]."""
     loguniform: tuple[Positive, Positive] | None = None
+    """A float drawn log-uniformly from [low, high]."""
     randint: tuple[int, int] | None = None
+    """An int drawn from [low, high) (high exclusive)."""
     qrandint: tuple[int, int, Annotated[int, Field(ge=1)]] | None = None
+    """An int drawn from the multiples of q in [low, high] (high inclusive, except with q = 1, where Ray Tune
+    excludes it as randint does)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchDistribution:
@@ -659,7 +731,9 @@ class ASHAConfig(Schema):
     max_t: Annotated[int, Field(ge=1)] | None = None
     """Most epochs a trial runs (None: base.epochs)."""
     grace_period: Annotated[int, Field(ge=1)] = 1
+    """Epochs every trial runs before ASHA may stop it."""
     reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
+    """ASHA keeps about 1 / reduction_factor of the trials at each rung."""
 
 
 class FIFOConfig(Schema):
@@ -674,17 +748,25 @@ NOT_SEARCHABLE = ("resources", "storage_path", "name", "checkpoints_to_keep", "m
 
 class SweepConfig(Schema):
     base: RunConfig = Field(default_factory=RunConfig)
+    """The run config every trial starts from; `search` sets some of its keys per trial."""
     search: dict[str, SearchDistribution] = Field(default_factory=dict)
+    """Dotted run-config keys (without `base.`) to the distribution each trial draws from."""
     scheduler: SchedulerConfig = Field(default_factory=ASHAConfig)
+    """ASHA early stopping on the kNN monitor's `knn_top1`, or fifo (every trial runs to the end)."""
     num_samples: Annotated[int, Field(ge=1)] = 1
     """Samples of the search space (each grid point is repeated num_samples times, as in Ray Tune)."""
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
+    """At most this many trials run at the same time."""
     time_budget_minutes: Annotated[float, Field(gt=0)] | None = None
     """Stop every trial still running after this long (wall clock); the leaderboard keeps what they reached."""
     trial_retries: Annotated[int, Field(ge=0)] = 1
     """Times Tune restarts a trial whose driver died (its node lost); it resumes from its last checkpoint."""
     storage_path: str = "./results"
+    """Where the experiment goes (`<storage_path>/<name>`): a local path or an s3:// / gs:// URI; under `ray job
+    submit`, use object storage or a shared absolute path."""
     name: str = "sweep"
+    """The experiment's directory under `storage_path`; when that exists, a new sweep takes `<name>_2`,
+    `<name>_3`, ... and `--resume` the newest of them."""
     _notes: list[str] = PrivateAttr(default_factory=list)
     """Notes (allowed but worth a log line) of the base and of every value the search can draw."""
 

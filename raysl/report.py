@@ -36,10 +36,13 @@ EVAL_ALL = re.compile(r"eval/([^/]+)/all/(\w+)")
 DPI = 100
 FAILED_LOSS = re.compile(r"loss became (\S+) at epoch (\d+), step (\d+)")
 ERROR_NAME = re.compile(r"\b(\w+(?:Error|Exception))\b")
-# How the last `raysl sweep` of this experiment ended: {"ended": "finished" | "time budget" | "interrupted"}.
-# Written when the fit returns, removed when one starts: trials Tune's state still calls RUNNING without it
-# belong to a sweep that is live or whose driver was killed.
+# How the last `raysl sweep` of this experiment ended: {"ended": "finished" | "interrupted"}. Written when the
+# fit returns, removed when one starts: trials Tune's state still calls RUNNING without it belong to a sweep
+# that is live or whose driver was killed.
 ENDING_FILE = "sweep_end.json"
+# {trial_id: epoch} of the trials ASHA stopped early. Tune marks those and the trials a time budget cut alike
+# (TERMINATED); a TERMINATED trial short of its epochs that ASHA did not stop was cut by the budget.
+ASHA_STOPS = "asha_stops.json"
 HPARAMS_FILE = "events.out.tfevents.raysl-hparams"  # a trial's TensorBoard hparams (HParams view), one per trial
 
 
@@ -145,8 +148,9 @@ def load_experiment(experiment_dir: str) -> Experiment:
         search_keys = list(dict.fromkeys(key for trial in ordered for key in trial.params))
         max_epochs = max((trial.epochs for trial in ordered), default=0)
     ended = (_read_json(f"{uri}/{ENDING_FILE}") or {}).get("ended")
+    asha_stops = _read_json(f"{uri}/{ASHA_STOPS}") if exists(f"{uri}/{ASHA_STOPS}") else None
     for trial in ordered:
-        trial.status = trial_status(trial, max_epochs, sweep, ended)
+        trial.status = trial_status(trial, max_epochs, sweep, ended, asha_stops)
     name = uri.rsplit("/", 1)[-1]
     return Experiment(uri, name, sweep, ordered, search_keys, max_epochs, _main_set(sweep, ordered), warnings)
 
@@ -221,22 +225,31 @@ def error_status(text: str) -> str:
     return f"failed: {names[-1]}" if names else "failed"
 
 
-def trial_status(trial: Trial, max_epochs: int, sweep: SweepConfig | None, ended: str | None = None) -> str:
-    """completed, stopped early (ASHA), interrupted (epoch N), stopped by the time budget (epoch N), not started,
-    failed: ...; `ended` is how the last `raysl sweep` ended (ENDING_FILE), which says why Tune's state still calls
-    a trial RUNNING (without it: a live sweep, or a killed driver)."""
+def trial_status(trial: Trial, max_epochs: int, sweep: SweepConfig | None, ended: str | None = None,
+                 asha_stops: dict[str, int] | None = None) -> str:
+    """completed, stopped early (ASHA), stopped by the time budget (epoch N), interrupted (epoch N), not started
+    (...), failed: ...; `ended` is how the last `raysl sweep` ended (ENDING_FILE: it says why Tune's state still
+    calls a trial RUNNING; without it, a live sweep or a killed driver); `asha_stops` the trials ASHA stopped
+    (ASHA_STOPS; None in experiments from before it was written)."""
     # error.txt outlives the attempt that wrote it: a trial Tune retried (trial_retries) and that then
     # finished is TERMINATED, with the error of its failed attempt still beside it.
     if trial.state == "ERROR" or (trial.error is not None and trial.state != "TERMINATED"):
         return error_status(trial.error or "")
     if trial.rows and trial.epochs >= max_epochs:
         return "completed"
-    cut = {"interrupted": "interrupted", "time budget": "stopped by the time budget"}.get(ended or "")
-    if not trial.rows and trial.state in (None, "PENDING", "RUNNING", "PAUSED"):
-        return f"not started ({cut})" if cut else "not started"
-    if trial.state in ("RUNNING", "PAUSED", "PENDING"):
+    budget = sweep is not None and sweep.time_budget_minutes is not None
+    asha = sweep is not None and isinstance(sweep.scheduler, ASHAConfig)
+    if trial.state in ("RUNNING", "PAUSED", "PENDING", None):
+        cut = "interrupted" if ended == "interrupted" else None
+        if not trial.rows:
+            return f"not started ({cut})" if cut else "not started"
         return f"{cut or 'running or interrupted'} (epoch {trial.epochs})"
-    return "stopped early (ASHA)" if sweep is not None and isinstance(sweep.scheduler, ASHAConfig) else "stopped early"
+    # TERMINATED short of its epochs: stopped by ASHA, else by the time budget (Tune stops every live trial then)
+    if asha and (asha_stops is None and not budget or trial.trial_id in (asha_stops or {})):
+        return "stopped early (ASHA)"
+    if budget and (asha_stops is not None or not asha):
+        return f"stopped by the time budget (epoch {trial.epochs})" if trial.rows else "not started (stopped by the time budget)"
+    return f"stopped early ({' or '.join(['ASHA'] * asha + ['time budget'] * budget)})" if asha or budget else "stopped early"
 
 
 def write_hparams(experiment: Experiment, log=print) -> list[str]:

@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import moto_s3
 from raysl.config import SweepConfig, dump_yaml, load_sweep_config
 from raysl.errors import UserError
-from raysl.report import ENDING_FILE, HPARAMS_FILE, build_report, error_status, load_experiment
+from raysl.report import ASHA_STOPS, ENDING_FILE, HPARAMS_FILE, build_report, error_status, load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
@@ -268,11 +268,9 @@ def test_study_quality(tmp_path):
         trials.append({"id": trial_id, "params": {"data.corruption.salt_pepper": salt, "data.corruption.gaussian_noise": noise},
                        "rows": epoch_rows(trial_id, [0.5, 0.6, 0.7 - salt - noise / 2])})
     trials[-1]["rows"] = trials[-1]["rows"][:1]  # one cut short: not in the study
-    trials[-1]["state"] = "RUNNING"  # what Tune's state says of a trial the time budget cut
     sweep = sweep_dict({"data.corruption.salt_pepper": [0.0, 0.01, 0.05], "data.corruption.gaussian_noise": [0.0, 0.1]})
     sweep["time_budget_minutes"] = 5
     experiment = write_experiment(tmp_path / "quality", sweep, trials)
-    (experiment / ENDING_FILE).write_text('{"ended": "time budget"}')
     build_report(str(experiment), log=lambda line: None)
     assert "study_quality.png" in produced(experiment) and "study_quantity.png" not in produced(experiment)
     assert_png((experiment / "plots" / "study_quality.png").read_bytes())
@@ -361,8 +359,10 @@ def hparams_of(trial_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("ended, running, pending", [
-    ("interrupted", "interrupted (epoch 1)", "not started (interrupted)"),
-    ("time budget", "stopped by the time budget (epoch 1)", "not started (stopped by the time budget)"),
+    # Ctrl-C: Tune's state still calls the running trial RUNNING and the next PENDING
+    ({"ended": "interrupted"}, "interrupted (epoch 1)", "not started (interrupted)"),
+    # the time budget: Tune stops every live trial (TERMINATED, like ASHA's stops: those are in ASHA_STOPS)
+    ({"time_budget_minutes": 5}, "stopped by the time budget (epoch 1)", "not started (stopped by the time budget)"),
 ])
 def test_every_trial_however_it_ended_has_its_status_and_hparams(tmp_path, ended, running, pending):
     trials = [
@@ -375,9 +375,14 @@ def test_every_trial_however_it_ended_has_its_status_and_hparams(tmp_path, ended
     ]
     sweep = sweep_dict({"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005]})
     sweep["scheduler"] = {"name": "asha", "grace_period": 1}
+    if "time_budget_minutes" in ended:
+        sweep["time_budget_minutes"] = ended["time_budget_minutes"]
+        for trial in trials[2:4]:
+            trial["state"] = "TERMINATED"
     experiment = write_experiment(tmp_path / "ends", sweep, trials)
-    (experiment / "trial_e_00003").mkdir()  # Tune made its directory before the sweep stopped
-    (experiment / ENDING_FILE).write_text(json.dumps({"ended": ended}))
+    (experiment / "trial_e_00003").mkdir(exist_ok=True)  # Tune made its directory before the sweep stopped
+    (experiment / ENDING_FILE).write_text(json.dumps({"ended": ended.get("ended", "finished")}))
+    (experiment / ASHA_STOPS).write_text(json.dumps({"e_00001": 1}))
     build_report(str(experiment), log=lambda line: None)
     statuses = {row["trial"]: row["status"] for row in read_csv(experiment / "leaderboard.csv")}
     assert statuses == {"e_00000": "completed", "e_00001": "stopped early (ASHA)", "e_00002": running,

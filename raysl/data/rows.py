@@ -193,7 +193,6 @@ class EvalImages:
 
     def _read(self, share: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         """The images of `share` (sorted row numbers), shard by shard, decoded `batch_size` rows at a time."""
-        from raysl.data.prepare import _pixels
 
         if len(share) == 0:
             return
@@ -212,8 +211,17 @@ class EvalImages:
             column = column.slice(int(wanted[0]), len(wanted)) if contiguous else column.take(pa.array(wanted))
             for start in range(0, len(column), batch_size):
                 part = column.slice(start, batch_size)
-                if is_encoded(self.manifest):
-                    yield eval_pixels(part.to_pylist(), self.shape, channels_of(self.manifest), self.crop_fraction)
-                else:
-                    yield to_shape(_pixels(part, tuple(self.manifest["image_shape"])), self.shape)
+                yield eval_rows(part, self.manifest, self.shape, self.crop_fraction)
             del table, column
+
+
+def eval_rows(column: pa.ChunkedArray | pa.Array, manifest: dict, shape: Sequence[int], crop_fraction: float) -> np.ndarray:
+    """Stored image rows as evaluation images uint8 (N, *shape): pixels brought to the shape (to_shape), encoded
+    files by the evaluation transform (eval_pixels). The monitor (EvalImages) and `raysl embed` both use it."""
+    from raysl.data.prepare import _pixels
+
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    if is_encoded(manifest):
+        return eval_pixels(column.to_pylist(), shape, channels_of(manifest), crop_fraction)
+    return to_shape(_pixels(column, tuple(manifest["image_shape"])), shape)

@@ -28,7 +28,7 @@ from raysl.preflight import resolve_pool
 from raysl.ray_glue.train import (
     DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.report import ENDING_FILE, build_report, load_experiment
+from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, load_experiment
 from raysl.report import leaderboard_rows as report_rows
 from raysl.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
@@ -122,9 +122,27 @@ def _trainable(sweep: SweepConfig, data_uri: str, git_commit: str):
     return tune.with_resources(trainable, {"cpu": DRIVER_CPUS})
 
 
-def _scheduler(sweep: SweepConfig):
+class RecordingASHA(tune.schedulers.ASHAScheduler):
+    """ASHA that notes the trials it stops early in the experiment directory (ASHA_STOPS): Tune marks a trial ASHA
+    stopped and one the time budget cut alike (TERMINATED), and the leaderboard tells them apart by this."""
+
+    def __init__(self, *, stops_file: str, **options):
+        super().__init__(**options)
+        self._stops_file = stops_file
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP and result.get("epoch", 0) < self._max_t:
+            stops = json.loads(read_text(self._stops_file) or "{}")
+            stops[trial.trial_id] = int(result.get("epoch", 0))
+            write_text(self._stops_file, json.dumps(stops, indent=1, sort_keys=True) + "\n")
+        return decision
+
+
+def _scheduler(sweep: SweepConfig, path: str):
     if isinstance(sweep.scheduler, ASHAConfig):
-        return tune.schedulers.ASHAScheduler(
+        return RecordingASHA(
+            stops_file=f"{path}/{ASHA_STOPS}",
             # The run's own epoch, not Tune's report count: that restarts at 1 when a sweep is resumed,
             # while the Train run continues from its checkpoint's epoch.
             time_attr="epoch",
@@ -238,7 +256,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             tune_config=tune.TuneConfig(
                 metric=METRIC,
                 mode="max",
-                scheduler=_scheduler(sweep),
+                scheduler=_scheduler(sweep, path),
                 num_samples=sweep.num_samples,
                 max_concurrent_trials=sweep.max_concurrent_trials,
                 time_budget_s=sweep.time_budget_minutes * 60 if sweep.time_budget_minutes else None,
@@ -258,6 +276,8 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
         write_corruption_samples(sweep, data_uri, path, log)
         log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
     delete_file(f"{path}/{ENDING_FILE}")  # until this run of the sweep ends: trials left RUNNING were killed
+    if isinstance(sweep.scheduler, ASHAConfig) and not exists(f"{path}/{ASHA_STOPS}"):
+        write_text(f"{path}/{ASHA_STOPS}", "{}\n")  # there: ASHA's stops are recorded (none yet)
     hint = _RestoreHint()
     logging.getLogger("ray.tune.tune").addFilter(hint)
     try:
@@ -265,8 +285,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             results = tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
-    unfinished = [trial for trial in results._experiment_analysis.trials if trial.status not in ("TERMINATED", "ERROR")]
-    ended = "interrupted" if watch.interrupted else "time budget" if unfinished and sweep.time_budget_minutes else "finished"
+    ended = "interrupted" if watch.interrupted else "finished"
     write_text(f"{path}/{ENDING_FILE}", json.dumps({"ended": ended}) + "\n")
     try:
         written = build_report(path, log=lambda text: None)
