@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from raysl.config import RunConfig, SweepConfig, config_data, detect_file_kind, load_run_config, load_sweep_config
 from raysl.errors import UserError
 from raysl.preflight import (
-    check_data_conditions, check_gpu, check_shards, check_sweep_data, resolve_data, resolve_pool,
+    NodeShape, check_data_conditions, check_gpu, check_packing, check_shards, check_sweep_data, local_node,
+    resolve_data, resolve_pool,
 )
 from raysl.ray_glue.session import ray_session
 from raysl.storage import absolute_path, is_remote
@@ -46,6 +47,14 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cluster_nodes() -> list[NodeShape]:
+    """The connected Ray cluster's live nodes, as they are now."""
+    import ray
+
+    return [NodeShape(node["NodeManagerAddress"], float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
+            for node in ray.nodes() if node.get("Alive")]
 
 
 def _kind_check(source: ConfigSource, wanted: str) -> None:
@@ -124,7 +133,7 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     """Run (or with `resume`, continue) a Ray Tune sweep of a sweep file, dict or SweepConfig, with `--set`-style
     overrides ("key=value", the value YAML). Returns when the sweep ends, is cut by its time budget or is
     interrupted (Ctrl-C: `result.interrupted`, and `result.resume_command`)."""
-    from raysl.ray_glue.tune import check_cpu_budget, run_sweep
+    from raysl.ray_glue.tune import run_sweep
 
     overrides = list(overrides)
     _kind_check(config, "sweep")
@@ -134,16 +143,14 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     check_gpu(spec.base, "base.resources")
     warn_job_storage(spec.storage_path, "storage_path", strict=strict_storage, log=log)
     if not os.environ.get("RAY_ADDRESS"):
-        check_cpu_budget(spec, float(os.cpu_count() or 1), "this machine")
+        check_packing(spec, [local_node()], "this machine", log=log)
     data_uri = resolve_data(spec.base, log)
     check_shards([data_uri, *resolve_pool(spec.base.with_absolute_paths(os.getcwd()), log)], checksum=verify_data)
     check_sweep_data(spec, data_uri, str(config) if isinstance(config, (str, os.PathLike)) else "sweep")
     with ray_session(quiet=True, log=log):
         if os.environ.get("RAY_ADDRESS"):
-            import ray
-
             try:
-                check_cpu_budget(spec, ray.cluster_resources().get("CPU", 0.0), "the cluster now")
+                check_packing(spec, cluster_nodes(), "the cluster now", strict=False, log=log)
             except UserError as error:  # an autoscaling cluster adds nodes when trials ask for them
                 log(f"note: {error} (fine if the cluster autoscales; otherwise trials will wait)")
         outcome = run_sweep(spec, data_uri, git_commit=git_commit(), resume=resume, log=log)

@@ -51,6 +51,7 @@ def command_validate(args: argparse.Namespace) -> None:
         _log_notes(sweep.notes)
         run = sweep.base
         what = f"valid sweep config ({sweep.trial_count} trials, {len(sweep.search)} searched keys)"
+        _validate_packing(sweep, args.cluster)
     else:
         run = load_run_config(args.config, args.set, smoke=args.smoke)
         _log_notes(run.notes())
@@ -58,6 +59,19 @@ def command_validate(args: argparse.Namespace) -> None:
     validate_prepared(run.with_absolute_paths(os.getcwd()), checksum=args.verify_data, log=_log)
     validate_init_from(run.with_absolute_paths(os.getcwd()), f"{args.config}: {'base.' if kind == 'sweep' else ''}", log=_log)
     _log(f"{args.config}: {what}")
+
+
+def _validate_packing(sweep, cluster: str | None) -> None:
+    """How many trials run at once on the cluster file's node types (--cluster), else on this machine."""
+    from raysl.preflight import check_packing, cluster_file_nodes, local_node
+
+    if cluster:
+        check_packing(sweep, cluster_file_nodes(cluster), cluster, strict=False, log=_log)
+        return
+    try:
+        check_packing(sweep, [local_node()], "this machine", log=_log)
+    except UserError as error:
+        _log(f"note: {error} (for a cluster: raysl validate ... --cluster cluster/aws.yaml)")
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -188,9 +202,14 @@ def command_eval(args: argparse.Namespace) -> None:
 
 
 def command_report(args: argparse.Namespace) -> None:
-    from raysl.report import build_report
+    from raysl.report import build_comparison, build_report
 
-    build_report(args.experiment.rstrip("/"), log=_log)
+    if len(args.experiment) == 1 and not args.out:
+        build_report(args.experiment[0].rstrip("/"), log=_log)
+        return
+    if not args.out:
+        raise UserError("--out: several experiments are compared into one directory; give it (e.g. --out results/compare)")
+    build_comparison([path.rstrip("/") for path in args.experiment], args.out, log=_log)
 
 
 def command_export(args: argparse.Namespace) -> None:
@@ -259,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "storage_path inside the job's temporary working dir (default: a warning)")
         if name == "train":
             command.add_argument("--local", action="store_true", help="train in this process, without Ray (debugging)")
+        if name == "validate":
+            command.add_argument("--cluster", metavar="FILE", help="a sweep: how many trials run at once on this `ray up` "
+                                 "cluster file's node types (default: on this machine)")
     evaluate = commands.add_parser("eval", help="kNN top-1/5 and a linear probe of a checkpoint -> eval.json beside it")
     evaluate.add_argument("checkpoint", help="checkpoint directory, its state.pt, or a run directory (newest checkpoint); local or URI")
     evaluate.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -283,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--gpu", action="store_true", help="one GPU per backbone actor")
     embed.set_defaults(handler=command_embed)
     report = commands.add_parser("report", help="leaderboard (Markdown + CSV) and PNG plots of a sweep's experiment directory")
-    report.add_argument("experiment", help="the experiment directory (local or URI), e.g. results/quickstart")
+    report.add_argument("experiment", nargs="+", help="the experiment directory (local or URI), e.g. results/quickstart; "
+                        "several: one table and one kNN-per-epoch plot of them all (needs --out)")
+    report.add_argument("--out", help="where a comparison of several experiments goes (comparison.md / .csv, plots/)")
     report.set_defaults(handler=command_report)
     submit = commands.add_parser("submit", help="validate a sweep file here, then run it on a cluster with `ray job submit`")
     submit.add_argument("config", help="sweep YAML file inside the current directory (it is uploaded as the working dir)")

@@ -742,6 +742,15 @@ class FIFOConfig(Schema):
 
 SchedulerConfig = Annotated[Union[ASHAConfig, FIFOConfig], Field(discriminator="name")]
 
+# What a trial reports every epoch that a sweep can optimise (raysl.training.loop and the monitor), besides the
+# per-set monitor figures knn_top1/<dataset>:<label set> and, after the last epoch only, the final evaluation's
+# eval/<dataset>:<label set>/<budget>/<knn_top1|knn_top5|probe_top1|probe_top5>.
+EPOCH_METRICS = {"knn_top1": "max", "loss": "min", "images_per_s": "max", "embedding_std": "max"}
+FINAL_METRIC = re.compile(r"eval/[^/]+:[^/]+/[^/]+/(knn_top1|knn_top5|probe_top1|probe_top5)")
+
+# The CPUs a trial's driver reserves: it only builds and watches a TorchTrainer; Tune rejects a zero-CPU trial.
+DRIVER_CPUS = 0.1
+
 # Fields that set where and how a run executes, not what it learns: never searched.
 NOT_SEARCHABLE = ("resources", "storage_path", "name", "checkpoints_to_keep", "max_failures")
 
@@ -752,7 +761,22 @@ class SweepConfig(Schema):
     search: dict[str, SearchDistribution] = Field(default_factory=dict)
     """Dotted run-config keys (without `base.`) to the distribution each trial draws from."""
     scheduler: SchedulerConfig = Field(default_factory=ASHAConfig)
-    """ASHA early stopping on the kNN monitor's `knn_top1`, or fifo (every trial runs to the end)."""
+    """ASHA early stopping on `metric` (the kNN monitor's `knn_top1`), or fifo (every trial runs to the end)."""
+    metric: str = "knn_top1"
+    """What the sweep optimises, in one place: the scheduler's and the search's metric, the leaderboard's order
+    and `best_config.yaml`'s trial. `knn_top1` (the kNN monitor), another figure every epoch reports (`loss`,
+    `images_per_s`, `embedding_std`, `knn_top1/<dataset>:<label set>`), or a final evaluation's figure
+    (`eval/<dataset>:<label set>/<budget>/probe_top1`, ...: reported after the last epoch only, so with
+    scheduler fifo and `base.evaluation.final`). A trial scores its best value over the epochs."""
+    mode: Literal["max", "min"] | None = None
+    """Whether a higher or a lower `metric` is better (None: min for `loss`, else max)."""
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    """How trials' values are drawn: random (Ray Tune's variant generator: every combination of the grid keys,
+    the other keys drawn at random, num_samples times), grid (every key a grid: the full product), or optuna
+    (Optuna's TPE through Ray Tune's OptunaSearch, learning from finished trials; num_samples trials; choice and
+    ranges, no grid)."""
+    search_seed: int | None = None
+    """Seed of the random draws (random) or of Optuna's sampler: the same seed draws the same values. None: fresh."""
     num_samples: Annotated[int, Field(ge=1)] = 1
     """Samples of the search space (each grid point is repeated num_samples times, as in Ray Tune)."""
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
@@ -780,11 +804,45 @@ class SweepConfig(Schema):
             max_t = self.scheduler.max_t or self.base.epochs
             if self.scheduler.grace_period > max_t:
                 raise ValueError(f"scheduler.grace_period {self.scheduler.grace_period} exceeds max_t {max_t}")
+        final = FINAL_METRIC.fullmatch(self.metric)
+        if self.metric not in EPOCH_METRICS and not final and not self.metric.startswith("knn_top1/"):
+            close = difflib.get_close_matches(self.metric, list(EPOCH_METRICS), n=1)
+            raise ValueError(f"metric {self.metric!r}: not a figure trials report; use one of {', '.join(EPOCH_METRICS)}, "
+                             "knn_top1/<dataset>:<label set> or eval/<dataset>:<label set>/<budget>/<knn_top1|probe_top1|...>"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if final and isinstance(self.scheduler, ASHAConfig):
+            raise ValueError(f"metric {self.metric}: the final evaluation reports it after the last epoch only, but ASHA "
+                             "compares trials at every rung; use scheduler: {name: fifo} (or metric knn_top1)")
+        if final and not self.base.evaluation.final:
+            raise ValueError(f"metric {self.metric}: a final evaluation figure, but base.evaluation.final is false")
+        kinds = {key: distribution.kind for key, distribution in self.search.items()}
+        if self.search_alg == "grid" and (ranges := [key for key, kind in kinds.items() if kind != "grid"]):
+            raise ValueError(f"search_alg grid: search.{ranges[0]} is a {kinds[ranges[0]]}; a grid search takes grid "
+                             "values for every key (or use search_alg random)")
+        if self.search_alg == "optuna":
+            if grids := [key for key, kind in kinds.items() if kind == "grid"]:
+                raise ValueError(f"search_alg optuna: search.{grids[0]} is a grid; Optuna draws from distributions: "
+                                 "give it as choice (or use search_alg random)")
+            if not self.search:
+                raise ValueError("search_alg optuna: search is empty; give Optuna keys to search")
         return self
 
     @property
+    def trial_resources(self) -> tuple[float, float]:
+        """(CPUs, GPUs) one running trial reserves: its driver, its Train workers and its augmentation actors."""
+        resources = self.base.resources
+        cpus = DRIVER_CPUS + resources.workers * resources.cpus_per_worker + resources.data_actors * resources.data_cpus
+        return cpus, resources.workers * resources.gpus_per_worker
+
+    @property
+    def resolved_mode(self) -> Literal["max", "min"]:
+        return self.mode or EPOCH_METRICS.get(self.metric, "max")
+
+    @property
     def trial_count(self) -> int:
-        """Trials Tune will run: the grid's points times num_samples."""
+        """Trials Tune will run: the grid's points times num_samples (Optuna: num_samples)."""
+        if self.search_alg == "optuna":
+            return self.num_samples
         return math.prod(len(d.grid) for d in self.search.values() if d.grid is not None) * self.num_samples
 
     @property
@@ -966,7 +1024,10 @@ def load_sweep_config(source: str | os.PathLike | dict[str, Any] | BaseModel, ov
 
 
 def _smoke_search(sweep: SweepConfig) -> SweepConfig:
-    """Two trials: the first two values of the first searched key (or two seeds when nothing is searched)."""
+    """Two trials: the first two values of the first searched key (or two seeds when nothing is searched);
+    with Optuna, two trials Optuna draws from the same distributions (its search runs as in the full sweep)."""
+    if sweep.search_alg == "optuna":
+        return sweep.model_copy(update={"num_samples": 2})
     search = {}
     if sweep.search:
         key, distribution = next(iter(sweep.search.items()))

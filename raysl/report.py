@@ -90,6 +90,19 @@ class Trial:
         """The last epoch's knn_top1."""
         return _finite(self.last.get(METRIC))
 
+    def score(self, metric: str, mode: str) -> float | None:
+        """The trial's best `metric` over its epochs (knn_top1: measured epochs only); None: never reported."""
+        if metric == METRIC:
+            values = [value for _, value in self.knn]
+        else:
+            values = [value for row in self.rows if (value := _finite(row.get(metric))) is not None]
+        return (max if mode == "max" else min)(values, default=None)
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall seconds the trial ran (Tune's time_total_s: over every attempt, resumed ones too)."""
+        return _finite(self.last.get("time_total_s"))
+
     def latest(self, key: str) -> Any:
         """The key's value in the last report that has it (None: never reported)."""
         return next((row[key] for row in reversed(self.rows) if key in row), None)
@@ -108,6 +121,15 @@ class Experiment:
     main_set: str | None
     """The evaluation set plain knn_top1 reports, `<main dataset>:<first label set>` (None: unknown)."""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        """What the sweep optimised (sweep.yaml's metric; knn_top1 without it)."""
+        return self.sweep.metric if self.sweep is not None else METRIC
+
+    @property
+    def mode(self) -> str:
+        return self.sweep.resolved_mode if self.sweep is not None else "max"
 
     @property
     def main_dataset(self) -> str | None:
@@ -295,27 +317,36 @@ def _hparam(value: Any) -> float | int | str | bool:
 
 
 def leaderboard_rows(experiment: Experiment) -> list[dict[str, Any]]:
-    """One row per trial, best knn_top1 first (unscored trials last): the swept values, the scores, the
-    last loss and throughput, the final evaluation's values and the last knn_top1/<set> values."""
+    """One row per trial, best first by the sweep's metric (unscored trials last): the swept values, the metric
+    when it is not knn_top1, the kNN scores, epochs, status, the last loss and throughput, the compute it reserved
+    (CPU- and GPU-seconds: its resources times its wall time), the final evaluation's values and the last
+    knn_top1/<set> values."""
     trials = experiment.trials
+    metric, mode = experiment.metric, experiment.mode
     eval_keys = list(dict.fromkeys(key for trial in trials for key in trial.last if key.startswith("eval/")))
     set_keys = list(dict.fromkeys(key for trial in trials for row in trial.rows for key in row if key.startswith(SET_PREFIX)))
+    cpus, gpus = experiment.sweep.trial_resources if experiment.sweep is not None else (None, None)
     rows = []
     for trial in trials:
         last = trial.last
+        seconds = trial.seconds
         rows.append({
             "trial": trial.trial_id,
             **{key: trial.params.get(key) for key in experiment.search_keys},
+            **({metric: trial.score(metric, mode)} if metric != METRIC else {}),
             METRIC: trial.best,
             f"last_{METRIC}": trial.final,
             "epochs": trial.epochs,
             "status": trial.status,
             "loss": last.get("loss"),
             "images_per_s": last.get("images_per_s"),
-            **{key: last.get(key) for key in eval_keys},
-            **{key: trial.latest(key) for key in set_keys},
+            "cpu_seconds": round(seconds * cpus, 1) if seconds is not None and cpus is not None else None,
+            "gpu_seconds": round(seconds * gpus, 1) if seconds is not None and gpus is not None else None,
+            **{key: last.get(key) for key in eval_keys if key != metric},
+            **{key: trial.latest(key) for key in set_keys if key != metric},
         })
-    rows.sort(key=lambda row: (row[METRIC] is None, -(row[METRIC] or 0.0)))
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(key=lambda row: (row[metric] is None, sign * (row[metric] or 0.0)))
     return rows
 
 
@@ -373,7 +404,14 @@ def leaderboard_markdown(experiment: Experiment, rows: list[dict[str, Any]], plo
     counts: dict[str, int] = {}
     for trial in experiment.trials:
         counts[_status_kind(trial.status)] = counts.get(_status_kind(trial.status), 0) + 1
-    lines += ["", f"Trials: {len(experiment.trials)} ({', '.join(f'{n} {kind}' for kind, n in counts.items())}).", ""]
+    lines += ["", f"Trials: {len(experiment.trials)} ({', '.join(f'{n} {kind}' for kind, n in counts.items())})."]
+    if experiment.metric != METRIC:
+        lines.append(f"Ranked by `{experiment.metric}` ({experiment.mode}imum over epochs).")
+    cpu, gpu = (sum(row[key] or 0.0 for row in rows) for key in ("cpu_seconds", "gpu_seconds"))
+    if cpu:
+        lines.append(f"Compute reserved by the trials: {cpu / 3600:.2f} CPU-hours" + (f", {gpu / 3600:.2f} GPU-hours" if gpu else "")
+                     + " (each trial's CPUs and GPUs times its wall time).")
+    lines.append("")
     columns = [column for column in (rows[0] if rows else {"trial": None}) if not column.startswith("eval/") or "/all/" in column]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
@@ -679,3 +717,66 @@ def build_report(experiment_dir: str, *, log: Callable[[str], None] = print) -> 
         images.append("plots/corruption_samples.png")
     write("leaderboard.md", leaderboard_markdown(experiment, rows, images))
     return written + write_hparams(experiment, log)
+
+
+# ----------------------------------------------------------------------------- several experiments
+
+
+def plot_comparison(experiments: list[Experiment]) -> bytes | None:
+    """knn_top1 against epoch for every trial of every experiment, one colour per experiment (its best trial
+    solid and thick, the others thin)."""
+    if not any(trial.knn for experiment in experiments for trial in experiment.trials):
+        return None
+    figure, (axes,) = _figure(8.0)
+    for index, experiment in enumerate(experiments):
+        trials = sorted((trial for trial in experiment.trials if trial.knn), key=lambda trial: -(trial.best or 0.0))
+        for rank, trial in enumerate(trials):
+            epochs, values = zip(*trial.knn)
+            axes.plot(epochs, values, color=f"C{index % 10}", marker="o" if rank == 0 else None, markersize=3.5,
+                      linewidth=2.2 if rank == 0 else 0.8, alpha=1.0 if rank == 0 else 0.45,
+                      label=f"{experiment.name} (best {trial.best:.4f}, {len(trials)} trials)" if rank == 0 else None)
+    axes.set(xlabel="epoch", ylabel=f"{METRIC} (kNN top-1)")
+    figure.suptitle("kNN top-1 per epoch: " + " vs ".join(experiment.name for experiment in experiments))
+    axes.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    return _png(figure)
+
+
+def build_comparison(experiment_dirs: list[str], out: str, log=print) -> list[str]:
+    """Several experiments in one table (comparison.md / .csv: every trial, labelled by its experiment, best first
+    by knn_top1) and one kNN-per-epoch plot (plots/comparison_knn_per_epoch.png), written under `out`."""
+    experiments = [load_experiment(directory) for directory in experiment_dirs]
+    names = [experiment.name for experiment in experiments]
+    for experiment in experiments:  # the same name twice (results_a/moco, results_b/moco)
+        if names.count(experiment.name) > 1:
+            experiment.name = f"{experiment.name} ({experiment.uri})"
+        for warning in experiment.warnings:
+            log(warning)
+    rows = [{"experiment": experiment.name, **row} for experiment in experiments for row in leaderboard_rows(experiment)]
+    rows.sort(key=lambda row: (row[METRIC] is None, -(row[METRIC] or 0.0)))
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    rows = [{column: row.get(column) for column in columns} for row in rows]
+    uri, written = out.rstrip("/"), []
+
+    def write(relative: str, data: bytes | str) -> None:
+        target = f"{uri}/{relative}"
+        (write_text if isinstance(data, str) else write_bytes)(target, data)
+        written.append(target)
+        log(f"wrote {target}")
+
+    write("comparison.csv", leaderboard_csv(rows))
+    lines = [f"# Sweep comparison: {', '.join(experiment.name for experiment in experiments)}", ""]
+    lines += [f"- {experiment.name}: {experiment.uri}, {len(experiment.trials)} trials, best knn_top1 "
+              + _format(max((trial.best for trial in experiment.trials if trial.best is not None), default=None))
+              + (f", compute {sum(row['cpu_seconds'] or 0.0 for row in rows if row['experiment'] == experiment.name) / 3600:.2f} CPU-hours")
+              for experiment in experiments]
+    shown = [column for column in columns if not column.startswith(("eval/", SET_PREFIX)) or "/all/" in column]
+    lines += ["", "| " + " | ".join(shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
+    lines += ["| " + " | ".join(_format(row.get(column)) for column in shown) + " |" for row in rows]
+    png = plot_comparison(experiments)
+    if png is not None:
+        write("plots/comparison_knn_per_epoch.png", png)
+        lines += ["", "![kNN top-1 per epoch](plots/comparison_knn_per_epoch.png)"]
+    write("comparison.md", "\n".join(lines) + "\n")
+    return written

@@ -162,7 +162,7 @@ def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(cluster, tmp
     client = JobSubmissionClient(cluster.job_server)
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
     logs = client.get_job_logs(job_id)
-    assert "leaderboard (best kNN top-1 per trial)" in logs and "Trial name" in logs  # the progress table
+    assert "leaderboard (best kNN top-1 per trial)" in logs and " started: " in logs  # the live view: a line per trial event (not a terminal)
     experiment = storage / "submitted"
     assert [line for line in logs.splitlines() if line.strip()][-1] == str(experiment)
     rows = read_leaderboard(experiment)

@@ -144,14 +144,14 @@ def test_cli_validate_accepts_good_file_and_set(tmp_path):
 def test_cpu_budget_is_checked_before_ray_starts(tmp_path):
     path = write(tmp_path, """
     base:
-      resources: {cpus_per_worker: 1.0}
+      resources: {cpus_per_worker: 0.5}
     search:
       method.temperature: {grid: [0.1, 0.2]}
     max_concurrent_trials: 2
     """)
-    result = run_cli("sweep", str(path))
+    result = run_cli("sweep", str(path))  # 2 x (0.5 worker + 0.5 actor + 0.1 driver) leaves no CPU for the reads
     assert result.returncode == 2
-    assert "max_concurrent_trials" in result.stderr and "Ray Data" in result.stderr
+    assert "max_concurrent_trials" in result.stderr and "Ray Data" in result.stderr and "1 do" in result.stderr
     assert "Traceback" not in result.stderr and "starting an embedded local Ray" not in result.stdout
 
 

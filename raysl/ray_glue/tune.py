@@ -20,11 +20,12 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raysl.config import ASHAConfig, SweepConfig, apply_assignment, dump_yaml
+from raysl.config import DRIVER_CPUS, ASHAConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.data.pretraining import recorded_damage, save_corruption_samples
 from raysl.data.shards import DamagedShardError
 from raysl.errors import UserError
 from raysl.preflight import resolve_pool
+from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.train import (
     DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
@@ -33,9 +34,6 @@ from raysl.report import leaderboard_rows as report_rows
 from raysl.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
 
-METRIC = "knn_top1"
-# The trial driver only builds and watches a TorchTrainer; Tune rejects a zero-CPU trial.
-DRIVER_CPUS = 0.1
 SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in the experiment directory
 
 
@@ -92,29 +90,6 @@ def _to_tune(distribution) -> Any:
     }[kind]()
 
 
-def check_cpu_budget(sweep: SweepConfig, total_cpus: float, where: str) -> None:
-    """Each running trial holds its driver, its Train workers and its augmentation actors; Ray Data's
-    read tasks need CPUs left over, or every trial waits for data forever (the sweep hangs)."""
-    resources = sweep.base.resources
-    per_trial = (
-        DRIVER_CPUS + resources.workers * resources.cpus_per_worker + resources.data_actors * resources.data_cpus
-    )
-    concurrent = min(sweep.max_concurrent_trials, sweep.trial_count)
-    free = total_cpus - concurrent * per_trial
-    if per_trial > total_cpus:
-        raise UserError(
-            f"base.resources: one trial reserves {per_trial:g} CPUs ({DRIVER_CPUS} driver + workers x cpus_per_worker "
-            f"+ data_actors x data_cpus) but {where} has {total_cpus:g}"
-        )
-    if free < resources.data_cpus - 1e-9:
-        raise UserError(
-            f"max_concurrent_trials / base.resources.cpus_per_worker: {concurrent} trials at once reserve "
-            f"{concurrent * per_trial:g} of {where}'s {total_cpus:g} CPUs, leaving {max(free, 0):g}; Ray Data's "
-            f"read tasks need base.resources.data_cpus = {resources.data_cpus:g} free or the sweep hangs. "
-            f"Lower max_concurrent_trials, base.resources.cpus_per_worker or base.resources.data_cpus."
-        )
-
-
 def _trainable(sweep: SweepConfig, data_uri: str, git_commit: str):
     trainable = tune.with_parameters(
         raysl_trial, sweep=sweep.model_dump(mode="json"), data_uri=data_uri, git_commit=git_commit, cwd=os.getcwd()
@@ -153,14 +128,24 @@ def _scheduler(sweep: SweepConfig, path: str):
     return tune.schedulers.FIFOScheduler()
 
 
-def _reporter(sweep: SweepConfig) -> tune.CLIReporter:
-    return tune.CLIReporter(
-        metric_columns={METRIC: "knn_top1", "epoch": "epochs", "loss": "loss", "images_per_s": "img/s"},
-        parameter_columns={f"search/{key}": key for key in sweep.search},
-        max_report_frequency=30,
-        # sort_by_metric=True crashes Ray 2.60's reporter when two finished trials have no result yet
-        # (e.g. cut by the time budget before their first epoch); the leaderboard is sorted instead.
-        sort_by_metric=False,
+def _search_alg(sweep: SweepConfig):
+    """Ray Tune's variant generator (random and grid; seeded by search_seed), or Optuna's TPE (OptunaSearch,
+    seeded). The metric and mode come from the TuneConfig; max_concurrent_trials limits either."""
+    if sweep.search_alg == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study
+        return OptunaSearch(seed=sweep.search_seed)
+    return tune.search.BasicVariantGenerator(random_state=sweep.search_seed)
+
+
+def _reporter(sweep: SweepConfig) -> LiveView:
+    """One table redrawn in place on a terminal, one line per trial event elsewhere (raysl.ray_glue.live)."""
+    return LiveView(
+        search_keys=list(sweep.search), metric=sweep.metric, mode=sweep.resolved_mode, max_epochs=sweep.max_epochs,
+        trial_count=sweep.trial_count, time_budget_s=sweep.time_budget_minutes * 60 if sweep.time_budget_minutes else None,
+        interactive=interactive_output(),
     )
 
 
@@ -238,7 +223,7 @@ class SweepOutcome:
 def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: bool = False, log=print) -> SweepOutcome:
     """Run (or resume) the sweep; write the report (leaderboard, plots, every trial's TensorBoard hparams),
     best_config.yaml and best_backbone/; return the experiment path, the leaderboard and whether it was interrupted."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table: trial, swept values, knn_top1, epochs, status
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output path: it prints through progress_reporter
     # Trials run in their own working directories: resolve a relative storage path here, once.
     sweep = sweep.model_copy(update={"storage_path": absolute_path(sweep.storage_path)})
     trainable = _trainable(sweep, data_uri, git_commit)
@@ -254,8 +239,9 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
             trainable,
             param_space={"search": {key: _to_tune(d) for key, d in sweep.search.items()}},
             tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="max",
+                metric=sweep.metric,
+                mode=sweep.resolved_mode,
+                search_alg=_search_alg(sweep),
                 scheduler=_scheduler(sweep, path),
                 num_samples=sweep.num_samples,
                 max_concurrent_trials=sweep.max_concurrent_trials,
@@ -294,9 +280,9 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
         log(f"the report could not be built ({type(error).__name__}: {error}); retry with: raysl report {path}")
     experiment = load_experiment(path)
     rows = report_rows(experiment)
-    print_leaderboard(rows, log)
+    print_leaderboard(rows, sweep.metric, log)
     params = {trial.trial_id: trial.params for trial in experiment.trials}
-    scored = [row for row in rows if row[METRIC] is not None]
+    scored = [row for row in rows if row[sweep.metric] is not None]
     best = params.get(scored[0]["trial"]) if scored else None
     if scored:
         write_best_config(scored[0], best, sweep, path, log)
@@ -334,14 +320,14 @@ def _format(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def print_leaderboard(rows: list[dict[str, Any]], log=print) -> None:
+def print_leaderboard(rows: list[dict[str, Any]], metric: str = "knn_top1", log=print) -> None:
     """The leaderboard's main columns in the log (trial, swept values, kNN, epochs, status, loss, img/s);
     leaderboard.csv / .md hold every column."""
-    first = list(rows[0]) if rows else ["trial", METRIC, "status"]
+    first = list(rows[0]) if rows else ["trial", "knn_top1", "status"]
     columns = first[: first.index("images_per_s") + 1] if "images_per_s" in first else first
     table = [columns] + [[_format(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(line[index]) for line in table) for index in range(len(columns))]
-    log("\nleaderboard (best kNN top-1 per trial):")
+    log(f"\nleaderboard (best {'kNN top-1' if metric == 'knn_top1' else metric} per trial):")
     for line in table:
         log("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
 
@@ -367,6 +353,6 @@ def write_best_config(best: dict[str, Any], params: dict[str, Any], sweep: Sweep
     run = run.model_copy(update={"name": f"{sweep.name}-best", "storage_path": sweep.storage_path})
     target = f"{path}/best_config.yaml"
     how = f"raysl train {target}" if not is_remote(target) else "copy it here, then raysl train best_config.yaml"
-    header = f"# best trial {best['trial']} of sweep {path}: knn_top1 {best[METRIC]:.4f}\n# run it: {how}\n"
+    header = f"# best trial {best['trial']} of sweep {path}: {sweep.metric} {best[sweep.metric]:.4g}\n# run it: {how}\n"
     write_text(target, header + dump_yaml(run))
     log(f"best config: {target}")
