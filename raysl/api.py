@@ -120,8 +120,10 @@ def warn_job_storage(storage_path: str, field_name: str, *, strict: bool = False
         working_dir is not None and Path(absolute_path(storage_path)).is_relative_to(os.getcwd()))
     if not inside:
         return
-    message = (f"{field_name} {storage_path!r} is inside this job's working directory ({os.getcwd()}), a temporary "
-               f"copy Ray deletes after the job: the results would be lost. Use a bucket (s3://..., gs://...) or an "
+    where = (f"inside this job's working directory ({os.getcwd()}), a temporary copy Ray deletes after the job: the "
+             "results would be lost" if working_dir is not None else
+             f"relative to the job's working directory ({os.getcwd()}), on the node that runs the job only")
+    message = (f"{field_name} {storage_path!r} is {where}. Use a bucket (s3://..., gs://...) or an "
                f"absolute path on storage every node shares, e.g. --set {field_name}=s3://BUCKET/results")
     if strict:
         raise UserError(f"{message} (--strict-storage)")
@@ -133,7 +135,9 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     """Run (or with `resume`, continue) a Ray Tune sweep of a sweep file, dict or SweepConfig, with `--set`-style
     overrides ("key=value", the value YAML). Returns when the sweep ends, is cut by its time budget or is
     interrupted (Ctrl-C: `result.interrupted`, and `result.resume_command`)."""
-    from raysl.ray_glue.tune import run_sweep
+    import ray
+
+    from raysl.ray_glue.tune import SweepInterrupted, run_sweep
 
     overrides = list(overrides)
     _kind_check(config, "sweep")
@@ -142,26 +146,32 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
         log(note)
     check_gpu(spec.base, "base.resources")
     warn_job_storage(spec.storage_path, "storage_path", strict=strict_storage, log=log)
-    if not os.environ.get("RAY_ADDRESS"):
+    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
         check_packing(spec, [local_node()], "this machine", log=log)
     data_uri = resolve_data(spec.base, log)
     check_shards([data_uri, *resolve_pool(spec.base.with_absolute_paths(os.getcwd()), log)], checksum=verify_data)
     check_sweep_data(spec, data_uri, str(config) if isinstance(config, (str, os.PathLike)) else "sweep")
+    started_here = not ray.is_initialized()
     with ray_session(quiet=True, log=log):
-        if os.environ.get("RAY_ADDRESS"):
-            try:
-                check_packing(spec, cluster_nodes(), "the cluster now", strict=False, log=log)
+        if os.environ.get("RAY_ADDRESS") or ray.is_initialized() and not started_here:
+            try:  # a cluster, or the Ray this notebook started: what it has now
+                check_packing(spec, cluster_nodes(), "the Ray cluster now", strict=False, log=log)
             except UserError as error:  # an autoscaling cluster adds nodes when trials ask for them
                 log(f"note: {error} (fine if the cluster autoscales; otherwise trials will wait)")
-        outcome = run_sweep(spec, data_uri, git_commit=git_commit(), resume=resume, log=log)
+        try:
+            outcome = run_sweep(spec, data_uri, git_commit=git_commit(), resume=resume, log=log)
+        except SweepInterrupted as error:
+            error.resume_command = _resume_command(config, overrides, smoke)
+            raise
     best_config = best_checkpoint = None
     if outcome.best_params is not None:
         from raysl.config import apply_assignment
+        from raysl.report import trial_run_dir
         from raysl.training.evaluation import find_checkpoint
 
         best_config = apply_assignment(spec.base, outcome.best_params)
         try:
-            best_checkpoint = find_checkpoint(f"{outcome.path}/train/{outcome.rows[0]['trial']}")
+            best_checkpoint = find_checkpoint(trial_run_dir(outcome.path, outcome.rows[0]["trial"]))
         except UserError:
             best_checkpoint = None
     backbone = f"{outcome.path}/best_backbone"
@@ -171,7 +181,8 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
         rows=outcome.rows,
         best_config=best_config,
         best_checkpoint=best_checkpoint,
-        best_backbone=backbone if not is_remote(backbone) and os.path.exists(f"{backbone}/model.json") else None,
+        best_backbone=backbone if not outcome.interrupted and not is_remote(backbone)
+        and os.path.exists(f"{backbone}/model.json") else None,
         interrupted=outcome.interrupted,
         resume_command=_resume_command(config, overrides, smoke) if outcome.interrupted else None,
     )

@@ -298,10 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("source", help="a `raysl export` directory, or a checkpoint / run / experiment directory")
     embed.add_argument("data", help="a prepared dataset (raysl prepare's output: local path or URI)")
     embed.add_argument("--out", required=True, help="the directory or URI (s3://, gs://) to write the Parquet files to")
-    embed.add_argument("--split", default="all", help="train, test or all (default)")
+    embed.add_argument("--split", default="all", help="all (default), a split name (train, test), or names separated by commas")
     embed.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="the embeddings' type (default float16)")
     embed.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default 256)")
-    embed.add_argument("--actors", type=int, help="backbone actors (default: one per GPU with --gpu, else a few per CPU)")
+    embed.add_argument("--actors", type=int, help="backbone actors (default: one per GPU with --gpu, else half the CPUs)")
     embed.add_argument("--gpu", action="store_true", help="one GPU per backbone actor")
     embed.set_defaults(handler=command_embed)
     report = commands.add_parser("report", help="leaderboard (Markdown + CSV) and PNG plots of a sweep's experiment directory")
@@ -327,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print("interrupted", file=sys.stderr)
+        if command := getattr(error, "resume_command", None):  # a sweep: it continues with --resume
+            print(f"finish the same trials with:\n  {command}", flush=True)
         return INTERRUPTED
 
 

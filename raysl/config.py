@@ -504,6 +504,10 @@ class ResourcesConfig(Schema):
     (the CPU node type of cluster/*.yaml). None: any node."""
     train_on: NodeLabels | None = None
     """Node labels Train workers must run on, e.g. {raysl/role: train} (the GPU node type). None: any node."""
+    trial_loop: Literal["auto", "train"] = "auto"
+    """In a sweep, auto: a single-worker trial runs its training loop in the Tune trial itself (no TorchTrainer
+    controller, worker group or placement group of its own; the same reports, checkpoints and resume); train:
+    every trial through a TorchTrainer. Trials of several workers, or placed by train_on, always use Ray Train."""
 
 
 class RunConfig(Schema):
@@ -545,8 +549,8 @@ class RunConfig(Schema):
     last checkpoint (-1: without limit). A non-finite loss is never retried."""
     storage_path: str = "./results"
     """Where `raysl train` writes the run (`<storage_path>/<name>`): a local path or an s3:// / gs:// URI. A
-    sweep's trials go under its experiment directory instead (`<storage_path>/<name>/train/<trial>` of the sweep
-    file)."""
+    sweep's trials go under its experiment directory instead (`<storage_path>/<name>/trial_<id>` of the sweep
+    file when a trial runs its loop itself, else `<storage_path>/<name>/train/<id>`)."""
     name: str = "train"
     """The run's directory under `storage_path` (`raysl train`)."""
     init_from: str | None = None
@@ -740,7 +744,32 @@ class FIFOConfig(Schema):
     name: Literal["fifo"] = "fifo"
 
 
-SchedulerConfig = Annotated[Union[ASHAConfig, FIFOConfig], Field(discriminator="name")]
+# What Population Based Training may change in a running trial: values the loop takes from the config when it
+# restarts from a checkpoint (the optimiser's lr and weight decay are set again, the method's attributes are
+# built from the config). Not: shapes stored in the checkpoint (queue_size, widths) or the data pipeline.
+PBT_MUTABLE = ("optimizer.lr", "optimizer.weight_decay", "method.temperature", "method.momentum", "method.ll_weight")
+
+
+class PBTConfig(Schema):
+    """Population Based Training (Ray Tune's): every `perturbation_interval` epochs a trial in the bottom
+    `quantile_fraction` copies a top trial's checkpoint (exploit) and perturbs the `mutate` values (explore: x0.8
+    or x1.2, or resampled; kept inside the search's ranges), taking effect from its next epoch."""
+
+    name: Literal["pbt"] = "pbt"
+    perturbation_interval: Annotated[int, Field(ge=1)] = 1
+    """Epochs between a trial's exploit / explore decisions."""
+    burn_in: Annotated[int, Field(ge=0)] = 0
+    """Epochs before the first decision."""
+    quantile_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
+    """The share of trials at the bottom that copy one of the same share at the top."""
+    resample_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    """The chance a perturbed value is drawn again from its search distribution instead of scaled."""
+    mutate: list[str] | None = None
+    """The search keys PBT changes in running trials (None: every searched key it can change: optimizer.lr,
+    optimizer.weight_decay, method.temperature, method.momentum, method.ll_weight)."""
+
+
+SchedulerConfig = Annotated[Union[ASHAConfig, FIFOConfig, PBTConfig], Field(discriminator="name")]
 
 # What a trial reports every epoch that a sweep can optimise (raysl.training.loop and the monitor), besides the
 # per-set monitor figures knn_top1/<dataset>:<label set> and, after the last epoch only, the final evaluation's
@@ -784,7 +813,8 @@ class SweepConfig(Schema):
     time_budget_minutes: Annotated[float, Field(gt=0)] | None = None
     """Stop every trial still running after this long (wall clock); the leaderboard keeps what they reached."""
     trial_retries: Annotated[int, Field(ge=0)] = 1
-    """Times Tune restarts a trial whose driver died (its node lost); it resumes from its last checkpoint."""
+    """Times Tune restarts a trial whose driver died (its node lost); it resumes from its last checkpoint. A trial
+    running its loop itself (resources.trial_loop auto) also gets base.max_failures more (Ray Train's restarts)."""
     storage_path: str = "./results"
     """Where the experiment goes (`<storage_path>/<name>`): a local path or an s3:// / gs:// URI; under `ray job
     submit`, use object storage or a shared absolute path."""
@@ -810,9 +840,12 @@ class SweepConfig(Schema):
             raise ValueError(f"metric {self.metric!r}: not a figure trials report; use one of {', '.join(EPOCH_METRICS)}, "
                              "knn_top1/<dataset>:<label set> or eval/<dataset>:<label set>/<budget>/<knn_top1|probe_top1|...>"
                              + (f" (did you mean {close[0]!r}?)" if close else ""))
-        if final and isinstance(self.scheduler, ASHAConfig):
-            raise ValueError(f"metric {self.metric}: the final evaluation reports it after the last epoch only, but ASHA "
-                             "compares trials at every rung; use scheduler: {name: fifo} (or metric knn_top1)")
+        if isinstance(self.scheduler, PBTConfig):
+            self._check_pbt(self.scheduler)
+        if final and isinstance(self.scheduler, (ASHAConfig, PBTConfig)):
+            raise ValueError(f"metric {self.metric}: the final evaluation reports it after the last epoch only, but "
+                             f"{self.scheduler.name} compares trials while they run; use scheduler: {{name: fifo}} "
+                             "(or metric knn_top1)")
         if final and not self.base.evaluation.final:
             raise ValueError(f"metric {self.metric}: a final evaluation figure, but base.evaluation.final is false")
         kinds = {key: distribution.kind for key, distribution in self.search.items()}
@@ -827,12 +860,43 @@ class SweepConfig(Schema):
                 raise ValueError("search_alg optuna: search is empty; give Optuna keys to search")
         return self
 
+    def _check_pbt(self, pbt: PBTConfig) -> None:
+        mutate = self.pbt_keys
+        for key in pbt.mutate or []:
+            if key not in self.search:
+                raise ValueError(f"scheduler.mutate: {key} is not searched; PBT perturbs searched keys (add search.{key})")
+            if key not in PBT_MUTABLE:
+                raise ValueError(f"scheduler.mutate: {key} cannot change in a running trial (its state is in the "
+                                 f"checkpoint, or the data pipeline is built from it); PBT can change {', '.join(PBT_MUTABLE)}")
+        if not mutate:
+            raise ValueError(f"scheduler pbt: nothing to perturb; search one of {', '.join(PBT_MUTABLE)}")
+        if not self.in_trial:
+            raise ValueError("scheduler pbt: exploit copies a trial's checkpoint through Tune, which needs each trial's "
+                             "loop in the trial (base.resources: workers 1, trial_loop auto, no train_on)")
+        if self.search_alg == "optuna":
+            raise ValueError("scheduler pbt: with search_alg optuna the values change under Optuna's model; use random")
+
+    @property
+    def pbt_keys(self) -> list[str]:
+        """The searched keys PBT perturbs (scheduler pbt: mutate, else every searched key it can change)."""
+        if not isinstance(self.scheduler, PBTConfig):
+            return []
+        return list(self.scheduler.mutate) if self.scheduler.mutate else [key for key in self.search if key in PBT_MUTABLE]
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether each trial runs its loop itself (one worker, resources.trial_loop auto, no train_on labels: a
+        Tune trial cannot be placed by node labels), without a driver."""
+        resources = self.base.resources
+        return resources.workers == 1 and resources.trial_loop == "auto" and not resources.train_on
+
     @property
     def trial_resources(self) -> tuple[float, float]:
-        """(CPUs, GPUs) one running trial reserves: its driver, its Train workers and its augmentation actors."""
+        """(CPUs, GPUs) one running trial reserves: its driver (none when it runs the loop itself), its Train
+        workers and its augmentation actors."""
         resources = self.base.resources
-        cpus = DRIVER_CPUS + resources.workers * resources.cpus_per_worker + resources.data_actors * resources.data_cpus
-        return cpus, resources.workers * resources.gpus_per_worker
+        cpus = (0.0 if self.in_trial else DRIVER_CPUS) + resources.workers * resources.cpus_per_worker
+        return cpus + resources.data_actors * resources.data_cpus, resources.workers * resources.gpus_per_worker
 
     @property
     def resolved_mode(self) -> Literal["max", "min"]:

@@ -88,7 +88,9 @@ def best_trial_run(uri: str, log=print) -> str:
     if not rows:
         raise UserError(f"{uri}: a sweep without a scored trial (leaderboard.csv); export one trial's checkpoint instead")
     log(f"{uri}: best trial {rows[0]['trial']} (knn_top1 {rows[0]['knn_top1']})")
-    return f"{uri}/train/{rows[0]['trial']}"
+    from raysl.report import trial_run_dir
+
+    return trial_run_dir(uri, rows[0]["trial"])
 
 
 def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("state_dict",), log=print) -> dict[str, Any]:
@@ -151,10 +153,16 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     if "onnx" in formats:
         # torch.export's exporter (the default; the TorchScript-based one is deprecated), the batch dimension
         # symbolic; weights inside the file (not backbone.onnx.data beside it): one file, up to protobuf's 2 GB
-        torch.onnx.export(backbone, (example,), str(target / ONNX_FILE), dynamo=True, input_names=["images"],
-                          output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          external_data=False, verbose=False)
-        session = onnxruntime.InferenceSession(str(target / ONNX_FILE), providers=["CPUExecutionProvider"])
+        try:
+            torch.onnx.export(backbone, (example,), str(target / ONNX_FILE), dynamo=True, input_names=["images"],
+                              output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              external_data=False, verbose=False)
+            session = onnxruntime.InferenceSession(str(target / ONNX_FILE), providers=["CPUExecutionProvider"])
+        except Exception as error:  # an operator the exporter lacks, a model past protobuf's 2 GB, ...
+            (target / ONNX_FILE).unlink(missing_ok=True)
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"--format onnx: {run.model.backbone} did not export to ONNX ({type(error).__name__}: "
+                            f"{message}); the state_dict and TorchScript exports do not need it") from None
         batch = torch.randn(3, inputs["channels"], size, size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             features = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])

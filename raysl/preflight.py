@@ -260,7 +260,8 @@ def trials_at_once(sweep, nodes: list[NodeShape]) -> tuple[int, str]:
     while placed < wanted:
         saved = [list(capacity) for capacity in free]
         fits = all(place(resources.cpus_per_worker, resources.gpus_per_worker) for _ in range(resources.workers))
-        fits = fits and all(place(resources.data_cpus, 0.0) for _ in range(resources.data_actors)) and place(DRIVER_CPUS, 0.0)
+        fits = fits and all(place(resources.data_cpus, 0.0) for _ in range(resources.data_actors))
+        fits = fits and (sweep.in_trial or place(DRIVER_CPUS, 0.0))  # a trial running its loop itself has no driver
         if not fits or sum(capacity[0] for capacity in free) + 1e-9 < headroom:
             free[:] = saved
             break
@@ -281,7 +282,8 @@ def check_packing(sweep, nodes: list[NodeShape], where: str, *, strict: bool = T
     cpus, gpus = sweep.trial_resources
     asks = (f"{resources.workers} Train worker(s) x ({resources.cpus_per_worker:g} CPU"
             + (f", {resources.gpus_per_worker:g} GPU" if resources.gpus_per_worker else "") + f") + "
-            f"{resources.data_actors} augmentation actor(s) x {resources.data_cpus:g} CPU + {DRIVER_CPUS} driver")
+            f"{resources.data_actors} augmentation actor(s) x {resources.data_cpus:g} CPU"
+            + ("" if sweep.in_trial else f" + {DRIVER_CPUS} driver"))
     shapes = ", ".join(f"{node.count} x {node.name} ({node.cpus:g} CPU, {node.gpus:g} GPU)" for node in nodes)
     if count == 0:
         raise UserError(f"base.resources: one trial asks for {asks} ({cpus:g} CPUs, {gpus:g} GPUs) and "

@@ -43,7 +43,9 @@ ENDING_FILE = "sweep_end.json"
 # {trial_id: epoch} of the trials ASHA stopped early. Tune marks those and the trials a time budget cut alike
 # (TERMINATED); a TERMINATED trial short of its epochs that ASHA did not stop was cut by the budget.
 ASHA_STOPS = "asha_stops.json"
-HPARAMS_FILE = "events.out.tfevents.raysl-hparams"  # a trial's TensorBoard hparams (HParams view), one per trial
+# A trial's TensorBoard hparams (HParams view), one file per trial, rewritten by each report. Named to sort before
+# Tune's timestamped event files: TensorBoard follows only a run's last file by name, which must stay Tune's.
+HPARAMS_FILE = "events.out.tfevents.0000000000.raysl-hparams"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -175,6 +177,13 @@ def load_experiment(experiment_dir: str) -> Experiment:
         trial.status = trial_status(trial, max_epochs, sweep, ended, asha_stops)
     name = uri.rsplit("/", 1)[-1]
     return Experiment(uri, name, sweep, ordered, search_keys, max_epochs, _main_set(sweep, ordered), warnings)
+
+
+def trial_run_dir(experiment_uri: str, trial_id: str) -> str:
+    """Where a trial's checkpoints are: train/<trial> (a TorchTrainer's run directory) or, for a trial that ran
+    its loop itself (resources.trial_loop auto, one worker), its own trial_<trial> directory."""
+    train = f"{experiment_uri.rstrip('/')}/train/{trial_id}"
+    return train if exists(train) else f"{experiment_uri.rstrip('/')}/trial_{trial_id}"
 
 
 def _read_json(uri: str) -> Any:
@@ -457,13 +466,13 @@ def _trial_label(experiment: Experiment, trial: Trial, limit: int = 48) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
-def _figure(width: float = 7.0, height: float = 4.2, columns: int = 1) -> tuple[Figure, list[Axes]]:
+def _figure(width: float = 7.0, height: float = 4.2, columns: int = 1, sharey: bool = True) -> tuple[Figure, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)  # render with Agg, without pyplot (no global state, nothing to close)
-    axes = figure.subplots(1, columns, squeeze=False, sharey=True)[0]
+    axes = figure.subplots(1, columns, squeeze=False, sharey=sharey)[0]
     return figure, list(axes)
 
 
@@ -666,6 +675,35 @@ def plot_study_granularity(experiment: Experiment) -> bytes | None:
     return _png(figure)
 
 
+def pbt_schedule(trial: Trial, key: str) -> list[tuple[int, Any]]:
+    """(epoch, value) of a searched key as the trial ran each epoch (Tune writes each report's config; PBT
+    changes the values of running trials)."""
+    return [(int(row["epoch"]), value) for row in trial.rows
+            if (value := ((row.get("config") or {}).get("search") or {}).get(key)) is not None]
+
+
+def plot_pbt_schedules(experiment: Experiment) -> bytes | None:
+    """Population Based Training: each perturbed key's value per epoch, one line per trial (a step where PBT's
+    exploit gave the trial a better trial's checkpoint and new values)."""
+    keys = experiment.sweep.pbt_keys if experiment.sweep is not None else []
+    series = {key: [(trial, points) for trial in experiment.trials if (points := pbt_schedule(trial, key))] for key in keys}
+    if not any(series.values()):
+        return None
+    figure, axes_list = _figure(4.2 * len(keys) + 1.0, 3.8, columns=len(keys), sharey=False)
+    for axes, key in zip(axes_list, keys):
+        for index, (trial, points) in enumerate(series[key]):
+            epochs, values = zip(*points)
+            axes.step(epochs, values, where="post", marker="o", markersize=3, color=f"C{index % 10}",
+                      label=_trial_label(experiment, trial))
+        if all(_is_number(value) and value > 0 for _, points in series[key] for _, value in points):
+            axes.set_yscale("log")
+        axes.set(xlabel="epoch", title=key)
+        axes.grid(alpha=0.3)
+    figure.suptitle(f"{experiment.name}: PBT's values per epoch (a step: exploit + explore)")
+    _legend(figure, axes_list[-1], len(experiment.trials))
+    return _png(figure)
+
+
 def plot_study_domain(experiment: Experiment) -> bytes | None:
     """Grouped bars of final kNN top-1 per evaluation dataset (the main one first)."""
     main, dataset = experiment.main_set or "main", experiment.main_dataset
@@ -707,6 +745,7 @@ def build_report(experiment_dir: str, *, log: Callable[[str], None] = print) -> 
         ("study_quality", plot_study_quality(experiment)),
         ("study_granularity", plot_study_granularity(experiment)),
         ("study_domain", plot_study_domain(experiment)),
+        ("pbt_schedules", plot_pbt_schedules(experiment)),
     ]
     images = []
     for name, png in plots:

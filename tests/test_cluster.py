@@ -23,6 +23,7 @@ import yaml
 
 from raysl.data.prepare import prepare
 from raysl.ray_glue.local_cluster import ROLE, LocalCluster
+from raysl.report import trial_run_dir
 from conftest import make_idx_source
 
 pytestmark = pytest.mark.slow
@@ -294,7 +295,7 @@ def test_a_non_finite_trial_fails_clearly_and_the_sweep_goes_on(cluster, dataset
     assert rows[0.01]["status"] == "completed" and rows[0.01]["epochs"] == "2"
     failed = rows[1e6]
     assert failed["status"].startswith("failed: loss nan at epoch 1 step "), failed
-    run_dir = storage / "nan" / "train" / failed["trial"]
+    run_dir = Path(trial_run_dir(str(storage / "nan"), failed["trial"]))
     assert not checkpoints(run_dir), "a checkpoint was written after the loss went non-finite"
     assert "loss became nan at epoch 1, step" in (run_dir / "nonfinite.txt").read_text()
 
@@ -324,8 +325,10 @@ def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, data
     finished, running = wait_for(one_done_one_running, 600, "one finished and one running trial")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    train = experiment / "train"
-    finished_checkpoints = {trial: checkpoints(train / trial.removeprefix("trial_")) for trial in finished}
+    def run_dir(trial: str) -> Path:  # train/<id> (Ray Train) or the trial's own directory (its loop in the trial)
+        return Path(trial_run_dir(str(experiment), trial.removeprefix("trial_")))
+
+    finished_checkpoints = {trial: checkpoints(run_dir(trial)) for trial in finished}
 
     resumed = raysl("sweep", str(sweep), "--resume", cluster=cluster)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -333,7 +336,7 @@ def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, data
     rows = read_leaderboard(experiment)
     assert len(rows) == 3 and all(row["status"] == "completed" and row["epochs"] == str(total) for row in rows), rows
     for trial, before in finished_checkpoints.items():  # not re-run: no new checkpoint
-        assert before and checkpoints(train / trial.removeprefix("trial_")) == before, f"finished {trial} was re-run"
+        assert before and checkpoints(run_dir(trial)) == before, f"finished {trial} was re-run"
     for trial in running:  # resumed from its checkpoint, not from scratch
         reports = [json.loads(line) for line in (experiment / trial / "result.json").read_text().splitlines() if line.strip()]
         assert any(report.get("resumed_at_epoch", 0) >= 1 for report in reports), (trial, reports)

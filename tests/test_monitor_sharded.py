@@ -16,7 +16,7 @@ from raysl.config import RunConfig
 from raysl.data.conditions import to_shape
 from raysl.data.prepare import load_split, read_manifest
 from raysl.data.rows import EvalImages, balanced_rows, load_eval_split
-from raysl.training.evaluation import ArrayImages, EvalSet, full_evaluation, load_eval_sets, monitor_metrics
+from raysl.training.evaluation import ArrayImages, EvalSet, load_eval_sets, monitor_metrics
 from raysl.training.loop import Trainer
 from raysl.training.monitor import knn_top1
 

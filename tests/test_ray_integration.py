@@ -54,13 +54,16 @@ def test_asha_sweep_end_to_end(tiny_dataset, tmp_path):
     experiment = Path(result.stdout.strip().splitlines()[-1])
     assert experiment == tmp_path / "results" / "it"
     for row_trial in ("00000", "00001"):
-        assert list(experiment.glob(f"train/*_{row_trial}/checkpoint_*")), "Train checkpoints not in the experiment"
+        # one worker: each trial runs its loop itself, its checkpoints in its own directory (trial_loop auto)
+        assert list(experiment.glob(f"trial_*_{row_trial}/checkpoint_*")), "checkpoints not in the trial directories"
 
     with open(experiment / "leaderboard.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and {"trial", "optimizer.lr", "knn_top1", "epochs", "status"} <= set(rows[0])
     by_lr = {float(row["optimizer.lr"]): row for row in rows}
     assert by_lr[1e-7]["status"] == by_lr[2e-7]["status"] == "stopped early (ASHA)"
+    stops = json.loads((experiment / "asha_stops.json").read_text())  # what tells ASHA's stops from a time budget's
+    assert stops == {by_lr[1e-7]["trial"]: 1, by_lr[2e-7]["trial"]: 1}
     assert int(by_lr[1e-7]["epochs"]) == 1
     assert by_lr[0.01]["status"] == "completed" and int(by_lr[0.01]["epochs"]) == 3
     assert float(rows[0]["knn_top1"]) > 0.9
@@ -75,7 +78,7 @@ def test_asha_sweep_end_to_end(tiny_dataset, tmp_path):
         assert list(trial_dir.glob("events.out.tfevents*")), f"no TensorBoard events in {trial_dir}"
 
     exported = json.loads((experiment / "best_backbone" / "model.json").read_text())  # the best trial's backbone
-    assert exported["checkpoint"].startswith(str(experiment / "train" / rows[0]["trial"]))
+    assert exported["checkpoint"].startswith(str(experiment / f"trial_{rows[0]['trial']}"))
     raysl("export", str(experiment), "--out", str(tmp_path / "from-experiment"))
     assert json.loads((tmp_path / "from-experiment" / "model.json").read_text())["checkpoint"] == exported["checkpoint"]
     best = experiment / "best_config.yaml"

@@ -23,7 +23,7 @@ def leaderboard(experiment: Path) -> list[dict]:
 
 
 def last_state(experiment: Path, method_name: str) -> dict:
-    for trial in experiment.glob("train/*"):
+    for trial in [*experiment.glob("train/*"), *experiment.glob("trial_*")]:  # Ray Train's runs, in-trial loops
         checkpoints = sorted(path for path in trial.glob("checkpoint_*") if (path / "state.pt").is_file())
         if checkpoints:
             state = torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=True)

@@ -29,7 +29,7 @@ def _sweep(tmp_path: Path, **fields) -> Path:
 
 @pytest.mark.parametrize("fields, message", [
     ({"metric": "knn_top_1"}, "metric 'knn_top_1': not a figure trials report; .*did you mean 'knn_top1'"),
-    ({"metric": "eval/fashion-mnist:label/all/probe_top1"}, "ASHA compares trials at every rung; use scheduler"),
+    ({"metric": "eval/fashion-mnist:label/all/probe_top1"}, "asha compares trials while they run; use scheduler"),
     ({"metric": "eval/fashion-mnist:label/all/probe_top1", "scheduler": {"name": "fifo"}}, "base.evaluation.final is false"),
     ({"search_alg": "grid"}, "search_alg grid: search.optimizer.lr is a loguniform"),
     ({"search_alg": "optuna", "search": {"seed": {"grid": [1, 2]}}}, "search_alg optuna: search.seed is a grid; .*choice"),

@@ -23,6 +23,7 @@ import yaml
 from raysl.api import warn_job_storage
 from raysl.cli import main
 from raysl.errors import UserError
+from raysl.report import HPARAMS_FILE
 from tests.test_ray_integration import SMALL_RUN
 from tests.test_report import hparams_of
 
@@ -110,6 +111,38 @@ def test_ctrl_c_exits_130_marks_trials_interrupted_and_resume_finishes_them(tiny
     assert reports[-1]["epoch"] == 6 and reports[-1]["resumed_at_epoch"] >= interrupted_at  # from its checkpoint
     for trial in rows:
         assert hparams_of(experiment / f"trial_{trial}")["status"] == "completed"
+        for events in (experiment / f"trial_{trial}").glob("events.out.tfevents*"):  # Tune's own: scalars only
+            if events.name != HPARAMS_FILE:
+                assert not _plugin_tags(events, "hparams"), f"Tune wrote hparams too: {events}"
+
+
+def _plugin_tags(events: Path, plugin: str) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(events))
+    reader.Reload()
+    try:
+        return reader.PluginTagToContent(plugin)
+    except KeyError:
+        return {}
+
+
+@pytest.mark.slow
+def test_a_trial_whose_loss_goes_nan_fails_alone_without_a_checkpoint_in_its_own_loop(tiny_dataset, tmp_path):
+    sweep = _sweep_file(tmp_path, tiny_dataset, epochs=2, max_concurrent_trials=2,
+                        search={"optimizer.lr": {"grid": [0.01, 1e6]}})
+    result = subprocess.run([sys.executable, "-m", "raysl", "sweep", str(sweep)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]  # one trial failed, not the sweep
+    experiment = Path(result.stdout.strip().splitlines()[-1])
+    rows = {float(row["optimizer.lr"]): row for row in _leaderboard(experiment).values()}
+    assert rows[0.01]["status"] == "completed" and rows[0.01]["epochs"] == "2"
+    assert rows[1e6]["status"].startswith("failed: loss nan at epoch 1 step "), rows[1e6]
+    failed = experiment / f"trial_{rows[1e6]['trial']}"  # the loop ran in the trial: its markers are there
+    assert "loss became nan at epoch 1, step" in (failed / "nonfinite.txt").read_text()
+    assert not list(failed.glob("checkpoint_*")), "a checkpoint was written after the loss went non-finite"
+    assert list((experiment / f"trial_{rows[0.01]['trial']}").glob("checkpoint_*"))
+    assert not (experiment / "train").exists()  # no TorchTrainer ran
 
 
 def _readme_example() -> str:

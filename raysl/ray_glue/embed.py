@@ -3,20 +3,8 @@
     embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = "float16", batch_size: int = 256,
           actors: int | None = None, use_gpu: bool = False, log=print) -> dict
 
-CLI (argparse-ready):
-    embed = commands.add_parser("embed", help="a backbone's embeddings of a prepared dataset -> Parquet")
-    embed.add_argument("source", help="a `raysl export` directory, or a checkpoint (its directory, state.pt, a run "
-                       "directory: its newest, a sweep's experiment directory: its best trial's)")
-    embed.add_argument("--data", required=True, help="a prepared dataset (raysl prepare's --out): path or URI")
-    embed.add_argument("--out", required=True, help="output directory or URI (s3://, gs://); must be empty or absent")
-    embed.add_argument("--split", default="all", help="all (default), or a split name, or names separated by commas")
-    embed.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    embed.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    embed.add_argument("--actors", type=int, default=None, help="inference actors (default: one per GPU with "
-                       "--gpu, else half the cluster's CPUs)")
-    embed.add_argument("--gpu", dest="use_gpu", action="store_true", help="one GPU per actor")
-    then: embed(args.source, args.data, args.out, split=args.split, dtype=args.dtype, batch_size=args.batch_size,
-                actors=args.actors, use_gpu=args.use_gpu, log=_log)
+CLI: `raysl embed SOURCE DATA --out URI [--split all|NAME[,NAME]] [--dtype float16|float32] [--batch-size N]
+[--actors N] [--gpu]` (raysl/cli.py), and raysl.embed (raysl/api.py).
 
 What it does: every row of the chosen splits is brought to the backbone's input as the kNN monitor brings its
 evaluation images and embedded by the monitor's feature function (raysl.embedding: L2-normalised backbone
@@ -223,6 +211,12 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
             context.enable_progress_bars = sys.stderr.isatty()
             context.execution_options.preserve_order = True  # output in stored order
             size = _pool_size(actors, use_gpu)
+            nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU")]
+            local = [name for name, uri in (("DATA", data), ("--out", out)) if "://" not in uri]
+            if len(nodes) > 1 and local:
+                log(f"note: {' and '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'} and Ray has "
+                    f"{len(nodes)} nodes: every node must see {'it' if len(local) == 1 else 'them'} (a shared filesystem), "
+                    "else use s3:// or gs://")
             autocast = autocast_dtype(embedded.run, torch.device("cuda" if use_gpu else "cpu"))  # the monitor's
             log(f"embedding {sum(expected.values())} rows of {data} ({', '.join(f'{name} {count}' for name, count in expected.items())}) "
                 f"with {embedded.resolved} ({embedded.kind}, {feature_dim}-d {dtype}, input {'x'.join(map(str, shape))}) "
@@ -269,8 +263,9 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
             (context.use_datasource_v2, context.enable_progress_bars, context.print_on_execution_start,
              context.execution_options.label_selector, context.execution_options.preserve_order) = saved
     rows = {name: written.get(name, 0) for name in splits}
-    if rows != expected:
-        raise RuntimeError(f"embed wrote {rows} rows to {target}, the manifest of {data} says {expected}")
+    if rows != expected:  # e.g. workers on other nodes wrote a local --out to their own disks
+        raise UserError(f"embed wrote {rows} rows to {target} as this machine sees it, but {data} holds {expected}: "
+                        "on a multi-node cluster --out must be object storage (s3://, gs://) or a shared filesystem")
     seconds = time.perf_counter() - started
     summary = {
         "source": embedded.path, "resolved": embedded.resolved, "source_kind": embedded.kind, "epoch": embedded.epoch,

@@ -9,6 +9,8 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -154,15 +156,42 @@ def _view_batches(shard, batch_size: int, views: ViewsConfig, device: torch.devi
         yield [batch[f"view_{index}"] for index in range(len(batch))]
 
 
+@dataclass
+class LoopSession:
+    """What the training loop needs from whoever runs it: a Ray Train worker (train_loop_per_worker) or a Tune
+    trial running the loop itself (raysl.ray_glue.in_trial): its rank, device, latest checkpoint, the view
+    batches' iterator, and where reports (metrics, checkpoint directory) go."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    checkpoint: Any  # a ray.train / ray.tune Checkpoint, or None
+    shard: Any  # a Ray Data DataIterator over the view dataset
+    report: Callable[[dict[str, Any], Any], None]
+    checkpoint_type: Any = ray.train.Checkpoint
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """What each Train worker runs: build the Trainer, resume from the latest checkpoint, then per
-    epoch train on this worker's shard, evaluate (rank 0), and report metrics with a checkpoint."""
+    """What each Train worker runs: train_loop with Ray Train's context (its rank, device, checkpoint and
+    dataset shard; reports through ray.train.report)."""
+    context = ray.train.get_context()
+    world_size = context.get_world_size()
+    train_loop(loop_config, LoopSession(
+        rank=context.get_world_rank(), world_size=world_size, device=ray.train.torch.get_device(),
+        checkpoint=ray.train.get_checkpoint(), shard=ray.train.get_dataset_shard("train"),
+        report=lambda metrics, checkpoint: ray.train.report(metrics, checkpoint=checkpoint),
+        wrap_model=(lambda module: ray.train.torch.prepare_model(module, move_to_device=False)) if world_size > 1 else None,
+    ))
+
+
+def train_loop(loop_config: dict[str, Any], session: LoopSession) -> None:
+    """Build the Trainer, resume from the latest checkpoint, then per epoch train on this worker's batches,
+    evaluate (every rank its share), and report metrics with a checkpoint (rank 0 writes it)."""
     run = RunConfig.model_validate(loop_config["run"])
     data_uri, pool_uris = loop_config["data_uri"], loop_config.get("pool_uris", [])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size, device = session.rank, session.world_size, session.device
     torch.set_num_threads(run.resources.torch_threads or max(1, math.ceil(run.resources.cpus_per_worker)))
-    device = ray.train.torch.get_device()
     manifest = read_manifest(data_uri)
     steps_per_epoch = loop_config["epoch_images"] // run.batch_size
     trainer = Trainer(
@@ -172,7 +201,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         std=manifest["std"],
         steps_per_epoch=steps_per_epoch,
         device=device,
-        wrap_model=(lambda module: ray.train.torch.prepare_model(module, move_to_device=False)) if world_size > 1 else None,
+        wrap_model=session.wrap_model,
         git_commit=loop_config.get("git_commit", "unknown"),
     )
     label = loop_config.get("label", "run")
@@ -184,9 +213,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     damaged = recorded_damage(damaged_marker)
     if damaged:
         raise DamagedShardError(f"{damaged} (recorded in {damaged_marker}; not retried)")
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint
+    resumed_from = None
     if checkpoint:
         restore(trainer, checkpoint, log=(lambda text: print(f"[{label}] {text}", flush=True)) if rank == 0 else (lambda text: None))
+        trainer.follow_config()  # PBT's exploit: the donor's state with this trial's values
+        resumed_from = checkpoint.path.rstrip("/").rsplit("/", 2)[-2]  # the run (trial) whose checkpoint it was
     # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
     # resume shows in Tune's results and the run's result, not only in worker logs.
     started_at = trainer.epoch
@@ -197,7 +229,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if error.uri:
             record_damage(damaged_marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
         raise
-    shard = ray.train.get_dataset_shard("train")
+    shard = session.shard
     batches = None
     while trainer.epoch < run.epochs:
         if batches is None or loop_config.get("epochs_per_execution", 1) == 1:
@@ -210,6 +242,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             write_text(marker, str(error))
             raise
         metrics["resumed_at_epoch"] = started_at
+        if resumed_from is not None:
+            metrics["resumed_from"] = resumed_from
         metrics.update(monitor_or_damage(trainer, eval_sets, damaged_marker))  # every rank: its share of the features
         if rank == 0:
             print(
@@ -226,8 +260,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if run.evaluation.final and trainer.epoch == run.epochs:  # every rank: its share of the features
                 metrics.update(final_evaluation(trainer, eval_sets, directory, label, write=rank == 0))
             if rank == 0:
-                saved = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=saved)
+                saved = session.checkpoint_type.from_directory(directory)
+            session.report(metrics, saved)
 
 
 def monitor_or_damage(trainer: Trainer, eval_sets, damaged_marker: str) -> dict[str, float]:
@@ -272,7 +306,7 @@ def _storage_uri(filesystem, path: str) -> str:
     return path if scheme == "local" else f"{scheme}://{path}"
 
 
-def restore(trainer: Trainer, checkpoint: ray.train.Checkpoint, log) -> None:
+def restore(trainer: Trainer, checkpoint, log) -> None:
     """Resume from the run's latest checkpoint; if that one cannot be loaded (truncated, corrupt), from
     the newest earlier one that can, saying which. Raises CheckpointError naming every file tried."""
     parent, latest = checkpoint.path.rstrip("/").rsplit("/", 1)
@@ -284,7 +318,7 @@ def restore(trainer: Trainer, checkpoint: ray.train.Checkpoint, log) -> None:
     )
     failures, names = [], [latest, *earlier]
     for index, name in enumerate(names):
-        candidate = ray.train.Checkpoint(f"{parent}/{name}", filesystem=checkpoint.filesystem)
+        candidate = type(checkpoint)(f"{parent}/{name}", filesystem=checkpoint.filesystem)
         uri = _storage_uri(checkpoint.filesystem, candidate.path)
         try:
             with candidate.as_directory() as directory:
@@ -318,12 +352,8 @@ def build_trainer(
         per_worker["GPU"] = resources.gpus_per_worker
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "run": run.model_dump(mode="json"), "data_uri": data_uri, "pool_uris": list(pool_uris),
-            "epoch_images": plan.epoch_images, "epochs_per_execution": epochs_per_execution(run, plan), "plan": plan,
-            "git_commit": git_commit, "label": label,
-            "run_dir": run_directory(storage_path, name),
-        },
+        train_loop_config=loop_config_of(run, data_uri, pool_uris, plan, git_commit=git_commit, label=label,
+                                         run_dir=run_directory(storage_path, name)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
             label_selector=dict(resources.train_on) if resources.train_on else None,
@@ -338,6 +368,16 @@ def build_trainer(
         datasets={"train": view_dataset_or_damage(run, plan, f"{run_directory(storage_path, name)}/{DAMAGED_MARKER}")},
         dataset_config=ray.train.DataConfig(datasets_to_split=datasets_to_split(resources.workers)),
     )
+
+
+def loop_config_of(run: RunConfig, data_uri: str, pool_uris, plan: PretrainingPlan, *, git_commit: str, label: str,
+                   run_dir: str) -> dict[str, Any]:
+    """train_loop's configuration: the run, its data and plan, and where its markers go (run_dir)."""
+    return {
+        "run": run.model_dump(mode="json"), "data_uri": data_uri, "pool_uris": list(pool_uris),
+        "epoch_images": plan.epoch_images, "epochs_per_execution": epochs_per_execution(run, plan), "plan": plan,
+        "git_commit": git_commit, "label": label, "run_dir": run_dir,
+    }
 
 
 def view_dataset_or_damage(run: RunConfig, plan: PretrainingPlan, marker: str) -> ray.data.Dataset:

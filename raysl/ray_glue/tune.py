@@ -10,8 +10,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +18,17 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raysl.config import DRIVER_CPUS, ASHAConfig, SweepConfig, apply_assignment, dump_yaml
+from raysl.config import DRIVER_CPUS, ASHAConfig, PBTConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.data.pretraining import recorded_damage, save_corruption_samples
 from raysl.data.shards import DamagedShardError
 from raysl.errors import UserError
 from raysl.preflight import resolve_pool
+from raysl.ray_glue.in_trial import run_in_trial, trial_resources
 from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.train import (
     DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, load_experiment
+from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, load_experiment, trial_run_dir
 from raysl.report import leaderboard_rows as report_rows
 from raysl.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
@@ -39,7 +38,8 @@ SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in 
 
 def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str, git_commit: str, cwd: str) -> None:
     """One trial: the base run config with the drawn values (local paths against the driver's `cwd`), trained
-    by a TorchTrainer named after the trial, so a restarted trial resumes from its own latest checkpoint."""
+    in this trial itself (one worker: raysl.ray_glue.in_trial; checkpoints in the trial's directory) or by a
+    TorchTrainer named after the trial (under train/), so a restarted trial resumes from its own latest checkpoint."""
     sweep_config = SweepConfig.model_validate(sweep)
     run = apply_assignment(sweep_config.base, config["search"]).with_absolute_paths(cwd)
     run = run.model_copy(update={"epochs": sweep_config.max_epochs})
@@ -47,13 +47,17 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     trial_id = context.get_trial_id()
     experiment_dir = experiment_path(sweep_config, context.get_experiment_name())
     train_storage = f"{experiment_dir}/train"
-    marker = f"{run_directory(train_storage, trial_id)}/{NONFINITE_MARKER}"
+    run_dir = f"{experiment_dir}/trial_{trial_id}" if sweep_config.in_trial else run_directory(train_storage, trial_id)
+    marker = f"{run_dir}/{NONFINITE_MARKER}"
     if earlier := read_text(marker):  # a retried trial whose loss already went non-finite: not re-run
         raise NonFiniteLossError(earlier)
-    damaged = f"{run_directory(train_storage, trial_id)}/{DAMAGED_MARKER}"
+    damaged = f"{run_dir}/{DAMAGED_MARKER}"
     if earlier := recorded_damage(damaged):  # a retried trial that met a damaged shard, still damaged
         raise DamagedShardError(earlier)
-    configure_data_context(run)  # before the trainer copies the DataContext
+    configure_data_context(run)  # before the view dataset (or the trainer, which copies it) is made
+    if sweep_config.in_trial:
+        run_in_trial(run, data_uri, resolve_pool(run), run_dir=run_dir, git_commit=git_commit, label=trial_id)
+        return
     trainer = build_trainer(
         run,
         data_uri,
@@ -94,7 +98,8 @@ def _trainable(sweep: SweepConfig, data_uri: str, git_commit: str):
     trainable = tune.with_parameters(
         raysl_trial, sweep=sweep.model_dump(mode="json"), data_uri=data_uri, git_commit=git_commit, cwd=os.getcwd()
     )
-    return tune.with_resources(trainable, {"cpu": DRIVER_CPUS})
+    # A trial running its loop itself reserves its Train worker's CPUs / GPUs; a TorchTrainer's driver next to nothing.
+    return tune.with_resources(trainable, trial_resources(sweep.base) if sweep.in_trial else {"cpu": DRIVER_CPUS})
 
 
 class RecordingASHA(tune.schedulers.ASHAScheduler):
@@ -104,17 +109,57 @@ class RecordingASHA(tune.schedulers.ASHAScheduler):
     def __init__(self, *, stops_file: str, **options):
         super().__init__(**options)
         self._stops_file = stops_file
+        self._stops: dict[str, int] = {}
 
     def on_trial_result(self, tune_controller, trial, result):
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP and result.get("epoch", 0) < self._max_t:
-            stops = json.loads(read_text(self._stops_file) or "{}")
-            stops[trial.trial_id] = int(result.get("epoch", 0))
-            write_text(self._stops_file, json.dumps(stops, indent=1, sort_keys=True) + "\n")
+            self._stops[trial.trial_id] = int(result.get("epoch", 0))
+            try:  # merged with what is there (a resumed sweep's earlier run); a failed write must not end the sweep
+                recorded = json.loads(read_text(self._stops_file) or "{}")
+                write_text(self._stops_file, json.dumps({**recorded, **self._stops}, indent=1, sort_keys=True) + "\n")
+            except Exception as error:  # noqa: BLE001
+                logging.getLogger(__name__).warning("could not record ASHA's stop of %s in %s: %s",
+                                                    trial.trial_id, self._stops_file, error)
         return decision
 
 
+class ClipToRanges:
+    """PBT's explore step after its own: a value scaled by 0.8 / 1.2 is brought back into its search range (so
+    every value a trial runs with is one the schema validated before Ray started)."""
+
+    def __init__(self, ranges: dict[str, tuple[float, float]]):
+        self.ranges = ranges
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        search = config.get("search", {})
+        for key, (low, high) in self.ranges.items():
+            if key in search:
+                value = min(max(search[key], low), high)
+                search[key] = type(search[key])(value) if isinstance(search[key], int) else value
+        return config
+
+
+def _pbt(sweep: SweepConfig) -> tune.schedulers.PopulationBasedTraining:
+    mutations, ranges = {}, {}
+    for key in sweep.pbt_keys:
+        distribution = sweep.search[key]
+        if distribution.kind in ("grid", "choice"):  # PBT shifts to a neighbouring value, or resamples
+            mutations[key] = list(distribution.values_to_check())
+        else:
+            mutations[key] = _to_tune(distribution)
+            ranges[key] = tuple(distribution.values_to_check())
+    pbt = sweep.scheduler
+    return tune.schedulers.PopulationBasedTraining(
+        time_attr="epoch", perturbation_interval=pbt.perturbation_interval, burn_in_period=pbt.burn_in,
+        hyperparam_mutations={"search": mutations}, quantile_fraction=pbt.quantile_fraction,
+        resample_probability=pbt.resample_probability, custom_explore_fn=ClipToRanges(ranges),
+    )
+
+
 def _scheduler(sweep: SweepConfig, path: str):
+    if isinstance(sweep.scheduler, PBTConfig):
+        return _pbt(sweep)
     if isinstance(sweep.scheduler, ASHAConfig):
         return RecordingASHA(
             stops_file=f"{path}/{ASHA_STOPS}",
@@ -129,15 +174,16 @@ def _scheduler(sweep: SweepConfig, path: str):
 
 
 def _search_alg(sweep: SweepConfig):
-    """Ray Tune's variant generator (random and grid; seeded by search_seed), or Optuna's TPE (OptunaSearch,
-    seeded). The metric and mode come from the TuneConfig; max_concurrent_trials limits either."""
+    """Ray Tune's variant generator (random and grid; seeded by search_seed; it limits the trials at once itself:
+    Tune ignores TuneConfig.max_concurrent_trials for it), or Optuna's TPE (OptunaSearch, seeded; limited by
+    TuneConfig.max_concurrent_trials). The metric and mode come from the TuneConfig."""
     if sweep.search_alg == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study
         return OptunaSearch(seed=sweep.search_seed)
-    return tune.search.BasicVariantGenerator(random_state=sweep.search_seed)
+    return tune.search.BasicVariantGenerator(random_state=sweep.search_seed, max_concurrent=sweep.max_concurrent_trials)
 
 
 def _reporter(sweep: SweepConfig) -> LiveView:
@@ -186,27 +232,14 @@ class _RestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage() and "Trials did not complete" not in record.getMessage()
 
 
-class InterruptWatch:
-    """Whether Tune's fit stopped on Ctrl-C (SIGINT, or SIGUSR1). Tune swaps in its own SIGINT handler for the fit
-    and puts back the one it found only when a signal stops the sweep; so a marker handler installed before the fit
-    is back afterwards exactly when the sweep was interrupted. A second Ctrl-C (Tune let go) raises as usual."""
+class SweepInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C while the sweep was stopping (Tune lets go of SIGINT after the first): the experiment at
+    `path` is marked interrupted, its report is not rebuilt; `--resume` continues it."""
 
-    def __enter__(self) -> InterruptWatch:
-        self.interrupted = False
-        self._main = threading.current_thread() is threading.main_thread()
-        if self._main:
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._marker)
-        return self
-
-    @staticmethod
-    def _marker(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> None:
-        if self._main:
-            self.interrupted = signal.getsignal(signal.SIGINT) is self._marker
-            signal.signal(signal.SIGINT, self._previous)
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+        self.resume_command: str | None = None
 
 
 @dataclass
@@ -244,7 +277,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 search_alg=_search_alg(sweep),
                 scheduler=_scheduler(sweep, path),
                 num_samples=sweep.num_samples,
-                max_concurrent_trials=sweep.max_concurrent_trials,
+                max_concurrent_trials=sweep.max_concurrent_trials if sweep.search_alg == "optuna" else None,
                 time_budget_s=sweep.time_budget_minutes * 60 if sweep.time_budget_minutes else None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
@@ -252,7 +285,14 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 name=name,
                 storage_path=sweep.storage_path,  # made absolute above
                 # A trial whose driver died (its node lost) restarts; its Train run resumes from its checkpoint.
-                failure_config=tune.FailureConfig(max_failures=sweep.trial_retries),
+                # (in-trial loops: also the restarts Ray Train would have made, base.max_failures)
+                failure_config=tune.FailureConfig(
+                    max_failures=-1 if sweep.in_trial and sweep.base.max_failures < 0
+                    else sweep.trial_retries + (sweep.base.max_failures if sweep.in_trial else 0)),
+                # PBT: every checkpoint kept; an exploit restores the donor's checkpoint of its last report, which
+                # the donor's next epoch would otherwise have deleted before the exploiting trial restarts from it
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=None if sweep.pbt_keys else sweep.base.checkpoints_to_keep),
                 progress_reporter=_reporter(sweep),
                 callbacks=[ScalarsOnlyTBX()],
                 verbose=1,
@@ -262,16 +302,22 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
         write_corruption_samples(sweep, data_uri, path, log)
         log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
     delete_file(f"{path}/{ENDING_FILE}")  # until this run of the sweep ends: trials left RUNNING were killed
-    if isinstance(sweep.scheduler, ASHAConfig) and not exists(f"{path}/{ASHA_STOPS}"):
+    if isinstance(sweep.scheduler, ASHAConfig) and not resume:
         write_text(f"{path}/{ASHA_STOPS}", "{}\n")  # there: ASHA's stops are recorded (none yet)
     hint = _RestoreHint()
     logging.getLogger("ray.tune.tune").addFilter(hint)
     try:
-        with InterruptWatch() as watch:
-            results = tuner.fit()
+        results = tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: out now, the experiment marked interrupted
+        write_text(f"{path}/{ENDING_FILE}", json.dumps({"ended": "interrupted"}) + "\n")
+        raise SweepInterrupted(path) from None
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
-    ended = "interrupted" if watch.interrupted else "finished"
+    # Stopped by Ctrl-C (SIGINT; or SIGUSR1), Tune saves its last experiment state with the trials it was running
+    # RUNNING and those to come PENDING; a finished sweep, or one its time budget ended, with none (the budget stops
+    # them first: TERMINATED). The state on storage, not the Trial objects: cleaning up marks those stopped.
+    interrupted = any(trial.state in ("RUNNING", "PENDING", "PAUSED") for trial in load_experiment(path).trials)
+    ended = "interrupted" if interrupted else "finished"
     write_text(f"{path}/{ENDING_FILE}", json.dumps({"ended": ended}) + "\n")
     try:
         written = build_report(path, log=lambda text: None)
@@ -281,22 +327,24 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
     experiment = load_experiment(path)
     rows = report_rows(experiment)
     print_leaderboard(rows, sweep.metric, log)
-    params = {trial.trial_id: trial.params for trial in experiment.trials}
+    # A trial's drawn values; under PBT the values it ended with (PBT changed them while it ran)
+    params = {trial.trial_id: {**trial.params, **((trial.last.get("config") or {}).get("search") or {})}
+              if sweep.pbt_keys else trial.params for trial in experiment.trials}
     scored = [row for row in rows if row[sweep.metric] is not None]
     best = params.get(scored[0]["trial"]) if scored else None
     if scored:
         write_best_config(scored[0], best, sweep, path, log)
-        if not watch.interrupted:
+        if not interrupted:
             export_best(scored[0]["trial"], path, log)
     if written:
         log(f"report: {path}/leaderboard.md, plots in {path}/plots; every trial in TensorBoard: tensorboard --logdir {path}")
     failed = [result for result in results if result.error is not None]
-    if failed and len(failed) == len(rows) and not watch.interrupted:
+    if failed and len(failed) == len(rows) and not interrupted:
         raise UserError(
             f"all {len(rows)} trials failed; the first error:\n{_error_summary(failed[0].error)}\n"
             f"(full traces: error.txt in the trial directories under {path})"
         )
-    return SweepOutcome(path, rows, watch.interrupted, best)
+    return SweepOutcome(path, rows, interrupted, best)
 
 
 def write_corruption_samples(sweep: SweepConfig, data_uri: str, path: str, log=print) -> None:
@@ -341,7 +389,7 @@ def export_best(trial: str, path: str, log=print) -> None:
     from raysl.exporting import export_backbone
 
     try:
-        export_backbone(f"{path}/train/{trial}", f"{path}/best_backbone", log=lambda text: None)
+        export_backbone(trial_run_dir(path, trial), f"{path}/best_backbone", log=lambda text: None)
         log(f"best backbone: {path}/best_backbone (raysl.load_backbone)")
     except Exception as error:  # the sweep's results stand without it; raysl export can redo it
         log(f"note: exporting the best backbone failed ({type(error).__name__}: {error}); run raysl export {path}")

@@ -222,6 +222,18 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
 
+    def follow_config(self) -> None:
+        """After loading a checkpoint, take this run's learning rate and weight decay (the schedule's position
+        stays the checkpoint's): a no-op when resuming the same run; after PBT's exploit (a better trial's state,
+        this trial's perturbed values) they change from the next step. The method's own values (temperature,
+        momentum, lambda) are attributes built from the config, not loaded."""
+        lr = self.run.optimizer.scaled_lr(self.run.batch_size)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=lr, lr=lr * factor, weight_decay=self.run.optimizer.weight_decay)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CHECKPOINT_FILE
         torch.save(self.state_dict(), path)
