@@ -73,17 +73,17 @@ def test_prepare_sweep_checkpoints_and_resume_on_s3(s3, tmp_path):
     rows = list(csv.DictReader(io.StringIO(read("results/tiny/leaderboard.csv"))))
     assert len(rows) == 2 and all(row["status"] == "completed" and row["epochs"] == "2" for row in rows)
     assert "knn_top1" in read("results/tiny/best_config.yaml")
-    for row in rows:
-        assert [k for k in keys(f"results/tiny/train/{row['trial']}/") if k.endswith("/state.pt")], row["trial"]
+    for row in rows:  # one worker: each trial ran its loop itself, its checkpoints in its own trial_<id> directory
+        assert [k for k in keys(f"results/tiny/trial_{row['trial']}/") if k.endswith("/state.pt")], row["trial"]
     # The report, built at the sweep's end, is on S3 too.
     assert {"results/tiny/leaderboard.md", "results/tiny/plots/knn_per_epoch.png"} <= set(keys("results/tiny/"))
     assert "2 completed" in read("results/tiny/leaderboard.md")
 
     # raysl eval on a checkpoint in S3 (the trial's run directory: its newest checkpoint) writes eval.json beside it.
-    evaluated = raysl("eval", f"{experiment}/train/{rows[0]['trial']}", "--set", "evaluation.budgets=[5, all]",
+    evaluated = raysl("eval", f"{experiment}/trial_{rows[0]['trial']}", "--set", "evaluation.budgets=[5, all]",
                       "--set", "evaluation.probe.epochs=3")
     written = evaluated.stdout.strip().splitlines()[-1]
-    assert written.startswith(f"{experiment}/train/{rows[0]['trial']}/checkpoint_") and written.endswith("/eval.json")
+    assert written.startswith(f"{experiment}/trial_{rows[0]['trial']}/checkpoint_") and written.endswith("/eval.json")
     results = json.loads(read(written.removeprefix(f"s3://{BUCKET}/")))["results"]
     assert [(row["budget"], row["bank_size"]) for row in results] == [("5-per-class", 50), ("all", 1000)]
 

@@ -11,12 +11,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.logger import TBXLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
 from raysl.config import DRIVER_CPUS, ASHAConfig, PBTConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.data.pretraining import recorded_damage, save_corruption_samples
@@ -225,6 +226,26 @@ class ScalarsOnlyTBX(TBXLoggerCallback):
         pass
 
 
+class _KeepLocalResults:
+    """Tune's result.json / progress.csv loggers, except on a trial's restart in this run of the sweep (a PBT
+    exploit, a retry after a failure): Tune then replaces the driver's file with the copy in storage, which is
+    synced only now and then, and the epochs reported since the last sync are lost (seen: a PBT trial's first epoch
+    gone from its result.json). The driver's own file is complete; the copy in storage is read only when there is
+    none here (`--resume` in a new process)."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            super()._restore_from_remote(file_name, trial)
+
+
+class KeepLocalJson(_KeepLocalResults, JsonLoggerCallback):
+    pass
+
+
+class KeepLocalCSV(_KeepLocalResults, CSVLoggerCallback):
+    pass
+
+
 class _RestoreHint(logging.Filter):
     """Drops Tune's `Tuner.restore(path=..., trainable=...)` hint: raysl prints its own `--resume` command."""
 
@@ -294,7 +315,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=None if sweep.pbt_keys else sweep.base.checkpoints_to_keep),
                 progress_reporter=_reporter(sweep),
-                callbacks=[ScalarsOnlyTBX()],
+                callbacks=[ScalarsOnlyTBX(), KeepLocalJson(), KeepLocalCSV()],
                 verbose=1,
             ),
         )
