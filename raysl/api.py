@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from raysl.config import RunConfig, SweepConfig, config_data, detect_file_kind, load_run_config, load_sweep_config
 from raysl.errors import UserError
 from raysl.preflight import (
-    NodeShape, check_data_conditions, check_gpu, check_packing, check_shards, check_sweep_data, local_node,
+    check_data_conditions, check_gpu, check_packing, check_shards, check_sweep_data, local_node,
     resolve_data, resolve_pool,
 )
-from raysl.ray_glue.session import ray_session
+from raysl.ray_glue.session import cluster_nodes, ray_session
 from raysl.storage import absolute_path, is_remote
 
 if TYPE_CHECKING:
@@ -47,14 +47,6 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def cluster_nodes() -> list[NodeShape]:
-    """The connected Ray cluster's live nodes, as they are now."""
-    import ray
-
-    return [NodeShape(node["NodeManagerAddress"], float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
-            for node in ray.nodes() if node.get("Alive")]
 
 
 def _kind_check(source: ConfigSource, wanted: str) -> None:

@@ -71,12 +71,13 @@ def _run_of(config: Any, where: str):
         raise UserError(f"{where}: its recorded run config is not valid for this raysl\n{_validation_message(error)}") from None
 
 
-def _loaded(path: str):
-    """raysl.exporting.load_backbone, with a file it cannot read made a UserError naming `path`."""
-    from raysl.exporting import load_backbone
+def _loaded(path: str, state: dict | None = None):
+    """raysl.exporting.load_backbone (or, given the checkpoint's loaded `state`, backbone_of_state), with a file
+    it cannot read or weights that do not fit made a UserError naming `path`."""
+    from raysl.exporting import backbone_of_state, load_backbone
 
     try:
-        return load_backbone(path)
+        return load_backbone(path) if state is None else backbone_of_state(state, f"{path}/state.pt")
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001  (missing or damaged backbone.pt, weights that do not fit)
@@ -123,7 +124,7 @@ def open_source(path: str, log=print) -> EmbedSource:
     state = load_checkpoint(directory)
     run, _, _ = _run_and_method(state, where)
     inputs = _input_of(state, run, where)
-    backbone = _loaded(directory)  # reads state.pt again (exporting has no loader taking a loaded state)
+    backbone = _loaded(directory, state)
     monitored = state.get("monitored") or {}
     knn = {"knn_top1": monitored.get("knn_top1"),
            "knn_epoch": int(monitored["knn_epoch"]) if monitored.get("knn_epoch") is not None else None}

@@ -195,9 +195,13 @@ def load_backbone(path: str) -> nn.Module:
     from raysl.training.evaluation import find_checkpoint, load_checkpoint
 
     checkpoint = find_checkpoint(str(path))
-    state = load_checkpoint(checkpoint)
-    run, _, build_method = _run_and_method(state, f"{checkpoint}/state.pt")
-    method = build_method(run, _input_of(state, run, f"{checkpoint}/state.pt")["channels"])
+    return backbone_of_state(load_checkpoint(checkpoint), f"{checkpoint}/state.pt")
+
+
+def backbone_of_state(state: dict, where: str) -> nn.Module:
+    """The backbone of a checkpoint's loaded state (`where`: its state.pt, for errors), in eval mode, on CPU."""
+    run, _, build_method = _run_and_method(state, where)
+    method = build_method(run, _input_of(state, run, where)["channels"])
     method.load_state_dict(state["method"])
     return method.backbone.eval()
 

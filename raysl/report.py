@@ -359,15 +359,19 @@ def leaderboard_rows(experiment: Experiment) -> list[dict[str, Any]]:
     return rows
 
 
-def _format(value: Any) -> str:
-    """A Markdown cell: floats to 4 significant digits, missing as a dash."""
-    if value is None:
+def format_cell(value: Any) -> str:
+    """A leaderboard cell, in the log and in Markdown: floats to 4 significant digits, missing (or NaN) as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, dict)):
-        value = json.dumps(value)
-    return str(value).replace("|", "\\|")
+        return json.dumps(value)
+    return str(value)
+
+
+def _markdown_cell(value: Any) -> str:
+    return format_cell(value).replace("|", "\\|")
 
 
 def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
@@ -424,7 +428,7 @@ def leaderboard_markdown(experiment: Experiment, rows: list[dict[str, Any]], plo
     columns = [column for column in (rows[0] if rows else {"trial": None}) if not column.startswith("eval/") or "/all/" in column]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
-    lines += ["| " + " | ".join(_format(row.get(column)) for column in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_markdown_cell(row.get(column)) for column in columns) + " |" for row in rows]
     plots = list(plots)
     if plots:
         lines += ["", "## Plots"] + [line for path in plots for line in ("", f"![{path}]({path})")]
@@ -807,12 +811,12 @@ def build_comparison(experiment_dirs: list[str], out: str, log=print) -> list[st
     write("comparison.csv", leaderboard_csv(rows))
     lines = [f"# Sweep comparison: {', '.join(experiment.name for experiment in experiments)}", ""]
     lines += [f"- {experiment.name}: {experiment.uri}, {len(experiment.trials)} trials, best knn_top1 "
-              + _format(max((trial.best for trial in experiment.trials if trial.best is not None), default=None))
+              + format_cell(max((trial.best for trial in experiment.trials if trial.best is not None), default=None))
               + (f", compute {sum(row['cpu_seconds'] or 0.0 for row in rows if row['experiment'] == experiment.name) / 3600:.2f} CPU-hours")
               for experiment in experiments]
     shown = [column for column in columns if not column.startswith(("eval/", SET_PREFIX)) or "/all/" in column]
     lines += ["", "| " + " | ".join(shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
-    lines += ["| " + " | ".join(_format(row.get(column)) for column in shown) + " |" for row in rows]
+    lines += ["| " + " | ".join(_markdown_cell(row.get(column)) for column in shown) + " |" for row in rows]
     png = plot_comparison(experiments)
     if png is not None:
         write("plots/comparison_knn_per_epoch.png", png)

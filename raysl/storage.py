@@ -106,6 +106,18 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
 
 
+def delete_dir(uri: str, *, quiet: bool = False) -> None:
+    """Remove the directory and all under it if it is there; `quiet`: best effort, errors ignored (for cleaning
+    up after a failure, which matters more)."""
+    try:
+        filesystem, path = open_filesystem(uri)
+        if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+            filesystem.delete_dir(path)
+    except Exception:  # noqa: BLE001
+        if not quiet:
+            raise
+
+
 def delete_file(uri: str) -> None:
     """Remove the file if it is there."""
     filesystem, path = open_filesystem(uri)

@@ -52,7 +52,7 @@ from raysl.embedding import (
     label_columns, open_source, split_of_shards,
 )
 from raysl.errors import UserError
-from raysl.ray_glue.session import ray_session
+from raysl.ray_glue.session import cluster_nodes, ray_session
 
 FILE_BYTES = 64 * 2**20  # about this much embedding data per output file (Ray's min_bytes_per_file)
 
@@ -137,20 +137,6 @@ def _pool_size(actors: int | None, use_gpu: bool) -> int:
     return max(1, int(resources.get("CPU", 1)) // 2)  # the other half reads and decodes
 
 
-def _remove_partial(directory: str) -> None:
-    """Delete the embeddings a failed run wrote (best effort), so that the same --out can be used again."""
-    import pyarrow.fs as pafs
-
-    from raysl.storage import open_filesystem
-
-    try:
-        filesystem, path = open_filesystem(directory)
-        if filesystem.get_file_info(path).type == pafs.FileType.Directory:
-            filesystem.delete_dir(path)
-    except Exception:  # noqa: BLE001  (the original failure matters more)
-        pass
-
-
 def _rows_written(directory: str) -> dict[str, int]:
     """Rows per split of the files written (their split column only)."""
     import pyarrow.dataset as pads
@@ -173,7 +159,7 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
     path, seconds (also written to out/embed.json)."""
     from raysl.data.prepare import read_manifest, split_files
     from raysl.data.rows import is_encoded, mean_row_bytes
-    from raysl.storage import absolute_path, join_uri, write_text
+    from raysl.storage import absolute_path, delete_dir, join_uri, write_text
     from raysl.training.loop import autocast_dtype
 
     started = time.perf_counter()
@@ -211,7 +197,7 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
             context.enable_progress_bars = sys.stderr.isatty()
             context.execution_options.preserve_order = True  # output in stored order
             size = _pool_size(actors, use_gpu)
-            nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU")]
+            nodes = [node for node in cluster_nodes() if node.cpus]
             local = [name for name, uri in (("DATA", data), ("--out", out)) if "://" not in uri]
             if len(nodes) > 1 and local:
                 log(f"note: {' and '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'} and Ray has "
@@ -248,7 +234,7 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
             try:
                 dataset.write_parquet(target, min_bytes_per_file=max(per_row, FILE_BYTES))
             except Exception as error:  # noqa: BLE001  (Ray's wrapping of a failure in a task or actor)
-                _remove_partial(target)  # out was empty: what is there now is this run's, and incomplete
+                delete_dir(target, quiet=True)  # out was empty: what is there now is this run's, and incomplete
                 message = _user_error_in(error)
                 if message is not None:
                     raise UserError(message) from None

@@ -7,6 +7,37 @@ import os
 from contextlib import contextmanager
 
 
+class _TokenAuthOnByDefault(logging.Filter):
+    """Drops Ray's notice that token authentication is on by default for a local cluster Ray starts: it is on
+    (good), and nothing about it asks anything of the user. Ray's warning that it is *off* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+# Raylet messages the driver prints that ask nothing the user can do: on a small machine raysl's trials,
+# augmentation actors and read tasks (fractional CPUs by design) start more worker processes at once than the
+# raylet's "maximum expected startup concurrency" (the CPU count), and it says so at the sweep's end.
+_RAYLET_NOISE = ("worker processes have been started on node",)
+
+
+def _quiet_raylet_noise(worker_module) -> object:
+    """Wraps ray._private.worker.print_to_stdstream (which the driver's error listener looks up on each message)
+    to drop the _RAYLET_NOISE lines; returns the original, for putting back."""
+    original = worker_module.print_to_stdstream
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        if data.get("pid") == "raylet":
+            lines = [line for line in data.get("lines", []) if not any(text in line for text in _RAYLET_NOISE)]
+            if not lines:
+                return None
+            data = {**data, "lines": lines}
+        return original(data, ignore_prefix=ignore_prefix)
+
+    worker_module.print_to_stdstream = print_to_stdstream
+    return original
+
+
 @contextmanager
 def ray_session(*, quiet: bool = False, log=print):
     """RAY_ADDRESS's cluster (also set under `ray job submit`), else an embedded local Ray with the dashboard on
@@ -14,18 +45,38 @@ def ray_session(*, quiet: bool = False, log=print):
     notebook's) is used and left running; one started here is shut down, so its late log lines come first.
     `quiet`: the workers' output is not forwarded to this process (Tune's table is the sweep's view)."""
     import ray
+    import ray._private.worker as worker_module
 
     started = not ray.is_initialized()
-    if started:
-        options = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
-        if os.environ.get("RAY_ADDRESS"):
-            log(f"connecting to the Ray cluster at {os.environ['RAY_ADDRESS']}")
-            ray.init(**options)
-        else:
-            log("starting an embedded local Ray (set RAY_ADDRESS to use a cluster)")
-            ray.init(include_dashboard=True, **options)
+    original = _quiet_raylet_noise(worker_module) if started else None
     try:
+        if started:
+            options = dict(logging_level=logging.WARNING, log_to_driver=not quiet)
+            if os.environ.get("RAY_ADDRESS"):
+                log(f"connecting to the Ray cluster at {os.environ['RAY_ADDRESS']}")
+                ray.init(**options)
+            else:
+                log("starting an embedded local Ray (set RAY_ADDRESS to use a cluster)")
+                notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+                quiet_notice = _TokenAuthOnByDefault()
+                notice.addFilter(quiet_notice)
+                try:
+                    ray.init(include_dashboard=True, **options)
+                finally:
+                    notice.removeFilter(quiet_notice)
         yield
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
+        if original is not None:
+            worker_module.print_to_stdstream = original
+
+
+def cluster_nodes():
+    """The connected Ray cluster's live nodes, as they are now (preflight.NodeShape each)."""
+    import ray
+
+    from raysl.preflight import NodeShape
+
+    return [NodeShape(node["NodeManagerAddress"], float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
+            for node in ray.nodes() if node.get("Alive")]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.train import (
     DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, load_experiment, trial_run_dir
+from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, format_cell, load_experiment, trial_run_dir
 from raysl.report import leaderboard_rows as report_rows
 from raysl.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
@@ -383,18 +382,12 @@ def _error_summary(error: BaseException) -> str:
     return "\n".join(lines[-3:])
 
 
-def _format(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def print_leaderboard(rows: list[dict[str, Any]], metric: str = "knn_top1", log=print) -> None:
     """The leaderboard's main columns in the log (trial, swept values, kNN, epochs, status, loss, img/s);
     leaderboard.csv / .md hold every column."""
     first = list(rows[0]) if rows else ["trial", "knn_top1", "status"]
     columns = first[: first.index("images_per_s") + 1] if "images_per_s" in first else first
-    table = [columns] + [[_format(row.get(column)) for column in columns] for row in rows]
+    table = [columns] + [[format_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(line[index]) for line in table) for index in range(len(columns))]
     log(f"\nleaderboard (best {'kNN top-1' if metric == 'knn_top1' else metric} per trial):")
     for line in table:
