@@ -806,6 +806,10 @@ class SweepConfig(Schema):
     ranges, no grid)."""
     search_seed: int | None = None
     """Seed of the random draws (random) or of Optuna's sampler: the same seed draws the same values. None: fresh."""
+    optuna_startup_trials: Annotated[int, Field(ge=1)] | None = None
+    """search_alg optuna: how many trials TPE draws at random before its model of the finished trials draws the
+    rest (Optuna's n_startup_trials). None: a quarter of num_samples, at least 2 and at most Optuna's default 10
+    (with Optuna's own 10, a sweep of 10 trials or fewer would be random search)."""
     num_samples: Annotated[int, Field(ge=1)] = 1
     """Samples of the search space (each grid point is repeated num_samples times, as in Ray Tune)."""
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
@@ -858,7 +862,14 @@ class SweepConfig(Schema):
                                  "give it as choice (or use search_alg random)")
             if not self.search:
                 raise ValueError("search_alg optuna: search is empty; give Optuna keys to search")
+        elif self.optuna_startup_trials is not None:
+            raise ValueError(f"optuna_startup_trials: only for search_alg optuna (this sweep's is {self.search_alg})")
         return self
+
+    @property
+    def startup_trials(self) -> int:
+        """search_alg optuna: the trials TPE draws at random first (optuna_startup_trials, or its default)."""
+        return self.optuna_startup_trials or min(10, max(2, self.num_samples // 4))
 
     def _check_pbt(self, pbt: PBTConfig) -> None:
         mutate = self.pbt_keys

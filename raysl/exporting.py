@@ -206,12 +206,12 @@ def backbone_of_state(state: dict, where: str) -> nn.Module:
     return method.backbone.eval()
 
 
-def initialise_from(method: nn.Module, path: str) -> None:
-    """Load the backbone weights of `path` (an export or a checkpoint) into `method`'s backbone, strictly: a
-    mismatch is a UserError naming the missing, unexpected and differently shaped keys. Momentum encoders
-    (MoCo's key encoder, BYOL's target) are reset to copies of the online network."""
+def fitting_weights(backbone: nn.Module, path: str) -> dict[str, torch.Tensor]:
+    """The backbone weights of `path` (an export or a checkpoint) when they fit `backbone` key for key and shape for
+    shape (`backbone` may be on the meta device: only its names and shapes are read); otherwise a UserError naming
+    the missing, unexpected and differently shaped keys."""
     source = load_backbone(path).state_dict()
-    target = method.backbone.state_dict()
+    target = backbone.state_dict()
     missing = [key for key in target if key not in source]
     unexpected = [key for key in source if key not in target]
     shapes = [f"{key} {tuple(source[key].shape)} -> {tuple(target[key].shape)}" for key in target
@@ -220,10 +220,17 @@ def initialise_from(method: nn.Module, path: str) -> None:
         def listed(keys):
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
 
-        raise UserError(f"init_from {path}: its backbone does not fit model.backbone {method.backbone.__class__.__name__}: "
+        raise UserError(f"init_from {path}: its backbone does not fit model.backbone {backbone.__class__.__name__}: "
                         f"missing {listed(missing)}; unexpected {listed(unexpected)}; shapes differ: {listed(shapes)} "
                         f"(the same backbone, stem and channels are needed)")
-    method.backbone.load_state_dict(source)
+    return source
+
+
+def initialise_from(method: nn.Module, path: str) -> None:
+    """Load the backbone weights of `path` (an export or a checkpoint) into `method`'s backbone, strictly
+    (fitting_weights). Momentum encoders (MoCo's key encoder, BYOL's target) are reset to copies of the online
+    network."""
+    method.backbone.load_state_dict(fitting_weights(method.backbone, path))
     for owner in method.modules():
         for name in ("key_encoder", "target"):
             encoder = getattr(owner, name, None)

@@ -99,16 +99,22 @@ def check_encoded(run: RunConfig, data_uri: str, pool_uris: list[str], where: st
 
 
 def check_init_from(run: RunConfig, data_uri: str, where: str = "") -> None:
-    """init_from's weights fit the run's backbone, before Ray starts (a UserError names the keys)."""
+    """init_from's weights fit the run's backbone, before Ray starts (a UserError names the keys). The Trainer
+    loads them (exporting.initialise_from) into the method it builds."""
     if not run.init_from:
         return
+    import torch
+
     from raysl.data.prepare import read_manifest
     from raysl.data.rows import channels_of
-    from raysl.exporting import initialise_from
-    from raysl.methods import build_method
+    from raysl.exporting import fitting_weights
+    from raysl.methods import backbone_config
+    from raysl.models import build_backbone
 
     try:
-        initialise_from(build_method(run, channels_of(read_manifest(data_uri))), run.init_from)
+        with torch.device("meta"):  # names and shapes only: no weights allocated, no method heads built
+            backbone = build_backbone(backbone_config(run), channels_of(read_manifest(data_uri)))
+        fitting_weights(backbone, run.init_from)
     except UserError as error:
         text = str(error)
         raise UserError(f"{where}{text}" if text.startswith("init_from") else f"{where}init_from: {text}") from None
@@ -298,4 +304,9 @@ def check_packing(sweep, nodes: list[NodeShape], where: str, *, strict: bool = T
                         f"{asks}). Lower max_concurrent_trials to {count}, or base.resources.cpus_per_worker / data_cpus")
     per_gpu = f"; {1 / resources.gpus_per_worker:g} workers share a GPU" if 0 < resources.gpus_per_worker < 1 else ""
     log(f"note: {count} trial(s) at once on {where} ({shapes}), limited by {limit}: each trial {asks}{per_gpu}")
+    if sweep.pbt_keys and sweep.trial_count > count:
+        # the variant generator creates a trial only when fewer than max_concurrent_trials are live (PAUSED counts)
+        log(f"note: scheduler pbt: a population of {sweep.trial_count} with {count} trial(s) at once: a trial starts "
+            f"only when one ends, so the first {count} exploit only each other and the rest start late "
+            f"(benchmarks/search_compare.py); num_samples {count} keeps the whole population training together")
     return count

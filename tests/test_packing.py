@@ -56,3 +56,19 @@ def test_a_cluster_files_node_types_are_the_packing_shapes():
     assert "head" not in nodes  # it offers no CPU to trials (resources: {CPU: 0})
     count, _ = trials_at_once(_sweep(0.25, concurrent=64, trials=64), list(nodes.values()))
     assert count == 4 * nodes["gpu_train"].count
+
+
+def test_a_pbt_population_larger_than_the_trials_at_once_is_noted_with_the_num_samples_that_fits():
+    def pbt(samples: int) -> SweepConfig:
+        return SweepConfig.model_validate({
+            "base": {"resources": {"workers": 1, "cpus_per_worker": 0.5, "data_cpus": 0.25}},
+            "search": {"optimizer.lr": {"loguniform": [0.001, 0.01]}}, "scheduler": {"name": "pbt"},
+            "num_samples": samples, "max_concurrent_trials": 2,
+        })
+
+    lines: list[str] = []
+    check_packing(pbt(4), [NodeShape("laptop", 2, 0)], "this machine", log=lines.append)
+    assert len(lines) == 2 and "a population of 4 with 2 trial(s) at once" in lines[1] and "num_samples 2" in lines[1]
+    lines.clear()
+    check_packing(pbt(2), [NodeShape("laptop", 2, 0)], "this machine", log=lines.append)
+    assert len(lines) == 1  # the whole population trains together: nothing to say

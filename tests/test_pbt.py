@@ -89,6 +89,7 @@ def test_a_pbt_exploit_restores_the_donors_checkpoint_and_changes_the_running_va
     result = subprocess.run([sys.executable, "-m", "raysl", "sweep", str(path)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "reuse_actors" not in result.stdout + result.stderr  # Tune's PBT advice: nothing the user can act on
     experiment = Path(result.stdout.strip().splitlines()[-1])
     reports = {trial.name: [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
                for trial in experiment.glob("trial_*")}

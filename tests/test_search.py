@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -71,6 +72,19 @@ def test_optuna_search_draws_the_same_values_with_the_same_seed(tmp_path):
     again, other = _draws(seeded), _draws(seeded.model_copy(update={"search_seed": 4}))
     assert _draws(seeded) == again != other
     assert all(1e-4 <= draw["optimizer.lr"] <= 1e-2 and draw["method.temperature"] in (0.1, 0.2, 0.5) for draw in again)
+
+
+def test_optuna_draws_from_its_model_after_its_startup_trials(tmp_path):
+    fields = {"search": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}, "search_alg": "optuna", "search_seed": 3,
+              "num_samples": 12}
+    assert load_sweep_config(_sweep(tmp_path, **fields)).startup_trials == 3  # a quarter, not Optuna's 10
+    assert load_sweep_config(_sweep(tmp_path, **{**fields, "num_samples": 100})).startup_trials == 10
+    early, late = (np.log10([draw["optimizer.lr"] for draw in _draws(load_sweep_config(
+        _sweep(tmp_path, **fields, optuna_startup_trials=startup)), 12)]) for startup in (2, 12))
+    assert np.array_equal(early[:2], late[:2]) and not np.array_equal(early[2:], late[2:])  # random, then the model
+    assert early[2:].mean() > late[2:].mean()  # the score is the lr: the model draws higher ones than chance
+    with pytest.raises(UserError, match="optuna_startup_trials: only for search_alg optuna"):
+        load_sweep_config(_sweep(tmp_path, optuna_startup_trials=2))
 
 
 def test_the_leaderboard_ranks_by_the_sweeps_metric_and_counts_compute(tmp_path):

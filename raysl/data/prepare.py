@@ -291,13 +291,10 @@ def load_split(
 
 
 def load_labels(uri: str, split: str, column: str = "label") -> np.ndarray:
-    """One label column of a prepared split, int64 (N,), without reading the images."""
-    manifest = read_manifest(uri)
-    filesystem, path = open_filesystem(uri)
-    shards = _split_entry(manifest, uri, split)["shards"]
-    columns = [read_table(filesystem, f"{path}/{shard}", [column], uri=uri, shard=shard, manifest=manifest).column(column)
-               for shard in shards]
-    return np.concatenate([c.to_numpy().astype(np.int64) for c in columns]) if columns else np.empty(0, np.int64)
+    """One label column of a prepared split, int64 (N,), without reading the images (rows.split_labels)."""
+    from raysl.data.rows import split_labels
+
+    return split_labels(uri, read_manifest(uri), split, [column])[column]
 
 
 def ensure_prepared(

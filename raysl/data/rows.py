@@ -127,6 +127,12 @@ def balanced_rows(labels: np.ndarray, limit: int | None) -> np.ndarray:
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def share_bounds(count: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank's contiguous share [start, stop) of `count` items split into `world` parts that differ by at most one,
+    in rank order (gathering the shares rank by rank gives the items in order)."""
+    return rank * count // world, (rank + 1) * count // world
+
+
 class EvalImages:
     """One split's evaluation images, read on demand in the evaluation shape (H, W, C): the rows `rows` (sorted
     row numbers in stored order), divided across ranks in contiguous shares (rank r: the r-th of `world` equal
@@ -149,8 +155,7 @@ class EvalImages:
 
     def bounds(self, rank: int, world: int) -> tuple[int, int]:
         """The positions [start, stop) in `rows` of rank's share."""
-        count = len(self.rows)
-        return rank * count // world, (rank + 1) * count // world
+        return share_bounds(len(self.rows), rank, world)
 
     def share(self, rank: int = 0, world: int = 1) -> np.ndarray:
         start, stop = self.bounds(rank, world)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,14 +176,16 @@ def _scheduler(sweep: SweepConfig, path: str):
 
 def _search_alg(sweep: SweepConfig):
     """Ray Tune's variant generator (random and grid; seeded by search_seed; it limits the trials at once itself:
-    Tune ignores TuneConfig.max_concurrent_trials for it), or Optuna's TPE (OptunaSearch, seeded; limited by
-    TuneConfig.max_concurrent_trials). The metric and mode come from the TuneConfig."""
+    Tune ignores TuneConfig.max_concurrent_trials for it), or Optuna's TPE (OptunaSearch with a TPESampler seeded
+    by search_seed, its first startup_trials drawn at random; limited by TuneConfig.max_concurrent_trials). The
+    metric and mode come from the TuneConfig."""
     if sweep.search_alg == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study
-        return OptunaSearch(seed=sweep.search_seed)
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.search_seed,
+                                                               n_startup_trials=sweep.startup_trials))
     return tune.search.BasicVariantGenerator(random_state=sweep.search_seed, max_concurrent=sweep.max_concurrent_trials)
 
 
@@ -327,7 +330,11 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
     hint = _RestoreHint()
     logging.getLogger("ray.tune.tune").addFilter(hint)
     try:
-        results = tuner.fit()
+        with warnings.catch_warnings():
+            # Tune's advice for PBT (reuse_actors + reset_config): a trial's start-up is ~0.2 s with the loop in the
+            # trial (benchmarks/sweep_overhead.py), and nothing a user can set changes it
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance", category=UserWarning)
+            results = tuner.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: out now, the experiment marked interrupted
         write_text(f"{path}/{ENDING_FILE}", json.dumps({"ended": "interrupted"}) + "\n")
         raise SweepInterrupted(path) from None

@@ -32,7 +32,7 @@ from raysl.config import EvaluationConfig, RunConfig
 from raysl.data.conditions import budget_indices, budget_name
 from raysl.data.labelsets import LabelSet, resolve_label_set
 from raysl.data.prepare import read_manifest
-from raysl.data.rows import EvalImages, balanced_rows, split_labels
+from raysl.data.rows import EvalImages, balanced_rows, share_bounds, split_labels
 from raysl.errors import UserError
 from raysl.methods.distributed import broadcast_buffers, gather_uneven, rank_and_world_size, sum_over_ranks
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
@@ -49,7 +49,7 @@ class ArrayImages:
         return len(self.images)
 
     def bounds(self, rank: int, world: int) -> tuple[int, int]:
-        return rank * len(self) // world, (rank + 1) * len(self) // world
+        return share_bounds(len(self), rank, world)
 
     def array(self) -> np.ndarray:
         return self.images
