@@ -150,6 +150,8 @@ def test_the_live_view_prints_one_line_per_trial_event_when_not_a_terminal(capsy
         [_trial("a", "RUNNING"), _trial("b", "PENDING")],  # nothing happened: nothing printed
         [_trial("a", "RUNNING", 1, 0.5), _trial("b", "RUNNING", lr=0.02)],
         [_trial("a", "TERMINATED", 1, 0.5), _trial("b", "RUNNING", 3, 0.7, lr=0.02)],
+        [_trial("a", "TERMINATED", 1, 0.5), _trial("b", "PAUSED", 3, 0.7, lr=0.02)],  # a PBT exploit pauses it
+        [_trial("a", "TERMINATED", 1, 0.5), _trial("b", "RUNNING", 3, 0.7, lr=0.024)],  # then resumes, new values
     ]
     printed = []
     for trials in steps:
@@ -160,6 +162,7 @@ def test_the_live_view_prints_one_line_per_trial_event_when_not_a_terminal(capsy
     assert printed[2] == ["trial a epoch 1/3: knn_top1 0.5 (best 0.5), loss 2, 400 img/s", "trial b started: lr=0.02"]
     assert printed[3][0].startswith("trial a stopped after 1 epoch (") and "1/2 trials done" in printed[3][0]
     assert printed[3][1] == "trial b epoch 3/3: knn_top1 0.7 (best 0.7), loss 2, 400 img/s"
+    assert printed[4] == [] and printed[5] == ["trial b restarted from a checkpoint: lr=0.024"]
     assert not any("\x1b[" in line for lines in printed for line in lines)
 
 

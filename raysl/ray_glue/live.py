@@ -45,6 +45,7 @@ class LiveView(ProgressReporter):
         self._last_draw = 0.0
         self._drawn_lines = 0
         self._seen: dict[str, tuple[str, int]] = {}  # trial id -> (status, epoch) last reported
+        self._started: set[str] = set()  # trials said to have started
         self._best: dict[str, float] = {}  # trial id -> best metric so far
 
     def setup(self, start_time: float | None = None, total_samples: int | None = None, **kwargs) -> None:
@@ -120,8 +121,12 @@ class LiveView(ProgressReporter):
             result = trial.last_result or {}
             if before is None and status == "PENDING":
                 continue  # not started yet: said when it starts
-            if before is None or (before[0] == "PENDING" and status == "RUNNING"):
-                lines.append(f"trial {trial.trial_id} started: {self._values(trial)}")
+            if before is None or (before[0] != "RUNNING" and status == "RUNNING"):
+                if trial.trial_id in self._started:  # a PBT exploit, or a retry after a failure
+                    lines.append(f"trial {trial.trial_id} restarted from a checkpoint: {self._values(trial)}")
+                else:
+                    lines.append(f"trial {trial.trial_id} started: {self._values(trial)}")
+                self._started.add(trial.trial_id)
             if epoch and (before is None or epoch != before[1]):
                 lines.append(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: {self.metric} "
                              f"{_text(result.get(self.metric))} (best {_text(self._best.get(trial.trial_id))}), "
