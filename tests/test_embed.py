@@ -140,11 +140,12 @@ def local_ray():
 
 
 @pytest.mark.slow
-def test_embeddings_of_an_export_are_the_backbones_features_float32(local_ray, tmp_path, tiny_dataset, gray):
+def test_embeddings_of_an_export_are_the_backbones_features_float32(local_ray, tmp_path, tiny_dataset, gray, capfd):
     _, export = gray
     out = tmp_path / "out"
     lines = []
     summary = embed(export, tiny_dataset, str(out), dtype="float32", batch_size=128, log=lines.append)
+    assert "Progress bars disabled" not in capfd.readouterr().err  # off a terminal raysl turned them off itself
     manifest = read_manifest(tiny_dataset)
     assert summary["splits"] == {"train": 2000, "test": 300} == {s: manifest["splits"][s]["count"] for s in ("train", "test")}
     assert summary["feature_dim"] == load_backbone(export).out_dim and summary["out"] == str(out)

@@ -195,6 +195,10 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
             data_patches.install()  # no Parquet sampling retries: a damaged shard fails once (see data_patches)
             configure_data_context()
             context.enable_progress_bars = sys.stderr.isatty()
+            if not context.enable_progress_bars:  # off a terminal on purpose: not Ray's "to enable, set ..." warning
+                from ray.util.debug import log_once
+
+                log_once("ray_data_progress_manager_disabled")  # the key Ray Data logs that warning under, once
             context.execution_options.preserve_order = True  # output in stored order
             size = _pool_size(actors, use_gpu)
             nodes = [node for node in cluster_nodes() if node.cpus]
