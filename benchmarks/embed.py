@@ -68,7 +68,7 @@ def main() -> None:
     knn_s = time.perf_counter() - started
 
     rows = len(table)
-    checks = {key: value for key, value in document.items() if "max_abs" in key or key.endswith("_check")}
+    checks = {key: value for key, value in document.items() if key.endswith("_max_abs_difference")}
     print(f"checkpoint: {document['checkpoint']} (epoch {document['epoch']})")
     print(f"export (state_dict + TorchScript + ONNX): {export_s:.1f} s; parity: {json.dumps(checks)}")
     print(f"embed: {rows} rows ({int(train.sum())} train, {int(test.sum())} test), {width}-d {args.dtype}, "

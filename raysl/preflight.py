@@ -304,8 +304,9 @@ def check_packing(sweep, nodes: list[NodeShape], where: str, *, strict: bool = T
                         f"{asks}). Lower max_concurrent_trials to {count}, or base.resources.cpus_per_worker / data_cpus")
     per_gpu = f"; {1 / resources.gpus_per_worker:g} workers share a GPU" if 0 < resources.gpus_per_worker < 1 else ""
     log(f"note: {count} trial(s) at once on {where} ({shapes}), limited by {limit}: each trial {asks}{per_gpu}")
-    if sweep.pbt_keys and sweep.trial_count > count:
-        # the variant generator creates a trial only when fewer than max_concurrent_trials are live (PAUSED counts)
+    if sweep.pbt_keys and sweep.trial_count > sweep.max_concurrent_trials:
+        # the variant generator creates a trial only when fewer than max_concurrent_trials are live (PAUSED counts);
+        # a population it has created in full waits for resources instead, and PBT picks whom to run next
         log(f"note: scheduler pbt: a population of {sweep.trial_count} with {count} trial(s) at once: a trial starts "
             f"only when one ends, so the first {count} exploit only each other and the rest start late "
             f"(benchmarks/search_compare.py); num_samples {count} keeps the whole population training together")

@@ -72,3 +72,7 @@ def test_a_pbt_population_larger_than_the_trials_at_once_is_noted_with_the_num_s
     lines.clear()
     check_packing(pbt(2), [NodeShape("laptop", 2, 0)], "this machine", log=lines.append)
     assert len(lines) == 1  # the whole population trains together: nothing to say
+    lines.clear()  # every trial created at once (max_concurrent_trials 4), 2 fit the cluster now: no such note
+    check_packing(pbt(4).model_copy(update={"max_concurrent_trials": 4}), [NodeShape("cluster", 2, 0)],
+                  "the cluster now", strict=False, log=lines.append)
+    assert len(lines) == 1 and "2 trial(s) at once" in lines[0]
