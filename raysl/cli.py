@@ -158,7 +158,7 @@ def command_eval(args: argparse.Namespace) -> None:
     import torch
     from pydantic import ValidationError
 
-    from raysl.config import _validation_message, legacy_stem, parse_overrides, set_dotted
+    from raysl.config import legacy_stem, parse_overrides, set_dotted, validation_message
     from raysl.data.prepare import read_manifest
     from raysl.data.rows import channels_of
     from raysl.methods import build_method
@@ -181,7 +181,7 @@ def command_eval(args: argparse.Namespace) -> None:
     try:
         run = RunConfig.model_validate(data).with_absolute_paths(os.getcwd())
     except ValidationError as error:
-        raise UserError(f"{directory}: the checkpoint's config with --set is invalid\n{_validation_message(error)}") from None
+        raise UserError(f"{directory}: the checkpoint's config with --set is invalid\n{validation_message(error)}") from None
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
     check_evaluation(run, data_uri, pool_uris)
     manifest = read_manifest(data_uri)

@@ -61,14 +61,14 @@ class EmbedSource:
 def _run_of(config: Any, where: str):
     from pydantic import ValidationError
 
-    from raysl.config import RunConfig, _validation_message, legacy_stem
+    from raysl.config import RunConfig, legacy_stem, validation_message
 
     if not isinstance(config, dict):
         raise UserError(f"{where}: no run config recorded")
     try:
         return RunConfig.model_validate(legacy_stem(json.loads(json.dumps(config))))
     except ValidationError as error:
-        raise UserError(f"{where}: its recorded run config is not valid for this raysl\n{_validation_message(error)}") from None
+        raise UserError(f"{where}: its recorded run config is not valid for this raysl\n{validation_message(error)}") from None
 
 
 def _loaded(path: str, state: dict | None = None):

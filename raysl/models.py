@@ -7,13 +7,11 @@ are torchvision's own, less the classifier's). ResNet-family models take an Imag
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torchvision
 from torch import nn
 
-from raysl.config import ModelConfig
+from raysl.config.model import ModelConfig, is_resnet_family
 
 
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -46,19 +44,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
-
-
-@functools.cache
-def backbone_names() -> tuple[str, ...]:
-    """small_cnn and every torchvision classification model (not detection, segmentation, video, quantized)
-    with a linear classifier to remove (SqueezeNet's is a convolution: left out) and that takes any crop size
-    (MaxViT's windows need multiples of 224 px: left out; ViT is built for the crop size)."""
-    names = torchvision.models.list_models(module=torchvision.models)
-    return ("small_cnn", *(name for name in names if not name.startswith(("squeezenet", "maxvit"))))
-
-
-def is_resnet_family(name: str) -> bool:
-    return name.startswith(("resnet", "resnext", "wide_resnet"))
 
 
 def _replace(model: nn.Module, path: str, module: nn.Module) -> None:

@@ -10,9 +10,9 @@ import torchvision
 from torch import nn
 
 from raysl.config import RunConfig
+from raysl.config.model import backbone_names
 from raysl.errors import UserError
 from raysl.methods import build_method
-from raysl.models import backbone_names
 from raysl.training.loop import Trainer
 
 

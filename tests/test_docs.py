@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raysl import reference
+from raysl.config import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -43,7 +43,7 @@ def _links(path: Path) -> list[str]:
 
 
 def test_configuration_reference_is_current():
-    """docs/configuration-reference.md is what `python -m raysl.reference` writes now: a field added to, renamed
+    """docs/configuration-reference.md is what `python -m raysl.config.reference` writes now: a field added to, renamed
     in or documented in raysl/config.py without regenerating fails here."""
     assert reference.DOC.is_file(), reference.STALE
     assert reference.DOC.read_text(encoding="utf-8") == reference.generate(), reference.STALE
@@ -55,10 +55,10 @@ def test_reference_check_command(tmp_path):
     current.write_text(reference.generate(), encoding="utf-8")
     assert reference.main(["--check", "--out", str(current)]) == 0
     current.write_text(reference.generate() + "a line someone added\n", encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "raysl.reference", "--check", "--out", str(current)],
+    run = subprocess.run([sys.executable, "-m", "raysl.config.reference", "--check", "--out", str(current)],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 1
-    assert "docs/configuration-reference.md is stale: run python -m raysl.reference" in run.stderr
+    assert "docs/configuration-reference.md is stale: run python -m raysl.config.reference" in run.stderr
 
 
 def test_reference_covers_every_field():

@@ -1,0 +1,151 @@
+"""From a YAML file, a dict or a config object to a validated RunConfig / SweepConfig: `--set` overrides,
+`--smoke`, keys saved by older versions.
+
+Imports raysl.config's run, sweep and overrides modules and raysl.errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from raysl.config.overrides import parse_overrides, set_dotted, validation_message
+from raysl.config.run import RunConfig
+from raysl.config.sweep import SearchDistribution, SweepConfig, check_search_space, rung_notes
+from raysl.errors import UserError
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; every problem is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        raise UserError(f"{path}: the file is empty (expected a mapping of config fields)")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of config fields, not a {type(data).__name__}")
+    return data
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, value in parse_overrides(overrides):
+        set_dotted(data, key, value, source=f"--set {key}")
+    return data
+
+
+SMOKE_RUN = {
+    "epochs": 1,
+    "data.train_limit": 512,
+    "evaluation.bank_limit": 1000,
+    "evaluation.query_limit": 500,
+    "schedule.warmup_epochs": 0,
+}
+
+
+def _smoke_run(data: dict[str, Any]) -> dict[str, Any]:
+    for key, value in SMOKE_RUN.items():
+        set_dotted(data, key, value, source="--smoke")
+    batch = data.get("batch_size", RunConfig.model_fields["batch_size"].default)
+    if isinstance(batch, int) and batch > 256:
+        data["batch_size"] = 256
+    return data
+
+
+def config_data(source: str | os.PathLike | dict[str, Any] | BaseModel) -> dict[str, Any]:
+    """A config's plain data from a YAML file's path, a dict (copied) or a config object (the Python API)."""
+    if isinstance(source, BaseModel):
+        return source.model_dump(mode="json")
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
+    return read_yaml(source)
+
+
+def _name_of(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__} config>"
+
+
+def load_run_config(source: str | os.PathLike | dict[str, Any] | BaseModel, overrides: list[str] | None = None,
+                    smoke: bool = False) -> RunConfig:
+    """A validated run config (with --set overrides, --smoke) from a file, a dict or a RunConfig."""
+    path = _name_of(source)
+    data = _apply_overrides(config_data(source), overrides)
+    if smoke:
+        data = _smoke_run(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(f"{path}: invalid run config\n{validation_message(error)}") from None
+
+
+def load_sweep_config(source: str | os.PathLike | dict[str, Any] | BaseModel, overrides: list[str] | None = None,
+                      smoke: bool = False) -> SweepConfig:
+    """A validated sweep config (with --set overrides, --smoke) from a file, a dict or a SweepConfig."""
+    path = _name_of(source)
+    data = _apply_overrides(config_data(source), overrides)
+    if smoke:
+        base = data.get("base")
+        if base is None or isinstance(base, dict):
+            data["base"] = _smoke_run(dict(base or {}))
+        data["num_samples"] = 1
+        data["max_concurrent_trials"] = 2
+        data["scheduler"] = {"name": "fifo"}
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as error:
+        misplaced = [
+            str(item["loc"][0]) for item in error.errors()
+            if item["type"] == "extra_forbidden" and len(item["loc"]) == 1 and item["loc"][0] in RunConfig.model_fields
+        ]
+        hint = f"\n  ({', '.join(misplaced)}: run fields of a sweep go under base:, e.g. base.{misplaced[0]})" if misplaced else ""
+        raise UserError(f"{path}: invalid sweep config\n{validation_message(error)}{hint}") from None
+    notes = check_search_space(sweep, str(path)) + rung_notes(sweep)
+    if smoke:
+        sweep = _smoke_search(sweep)
+    sweep._notes = notes
+    return sweep
+
+
+def _smoke_search(sweep: SweepConfig) -> SweepConfig:
+    """Two trials: the first two values of the first searched key (or two seeds when nothing is searched);
+    with Optuna, two trials Optuna draws from the same distributions (its search runs as in the full sweep)."""
+    if sweep.search_alg == "optuna":
+        return sweep.model_copy(update={"num_samples": 2})
+    search = {}
+    if sweep.search:
+        key, distribution = next(iter(sweep.search.items()))
+        values = distribution.values_to_check()
+        search[key] = SearchDistribution(grid=(values * 2)[:2])
+    else:
+        search["seed"] = SearchDistribution(grid=[sweep.base.seed, sweep.base.seed + 1])
+    return sweep.model_copy(update={"search": search})
+
+
+def legacy_stem(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config saved before model.stem existed (a checkpoint's): its resnet18 was always the CIFAR stem."""
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("backbone") == "resnet18" and "stem" not in model:
+        model["stem"] = "cifar"
+    return config
+
+
+def dump_yaml(model: BaseModel) -> str:
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)
+
+
+def detect_file_kind(data: dict[str, Any]) -> Literal["sweep", "run"]:
+    """A sweep file has a `base` or `search` section; anything else is a run config."""
+    return "sweep" if ("base" in data or "search" in data or "scheduler" in data) else "run"
