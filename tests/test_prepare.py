@@ -403,3 +403,24 @@ def test_ensure_prepared_failure_leaves_nothing(tmp_path):
     with pytest.raises(UserError):
         ensure_prepared("mnist", str(tmp_path / "missing"), str(tmp_path / "cache"), log=lambda message: None)
     assert not (tmp_path / "cache").exists() or os.listdir(tmp_path / "cache") == []
+
+
+def test_ensure_prepared_keys_an_image_folder_cache_by_its_storage_mode(tmp_path, monkeypatch):
+    """A folder cached as pixels under one auto rule is not reused once the rule resolves it to encoded
+    (nor the other way round): the resolved storage mode is part of the cache name."""
+    root = tmp_path / "images"
+    for label, shade in (("a", 40), ("b", 200)):
+        for number in range(4):
+            save(root / label / f"{number}.png", Image.new("RGB", (8, 8), (shade, number * 10, 0)))
+    cache = tmp_path / "cache"
+    pixels = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)
+    assert read_manifest(pixels)["storage"] == "pixels"  # auto: small equal-size images
+
+    from raysl.data import encoded
+
+    monkeypatch.setattr(encoded, "choose_folder_mode", lambda *args: ("encoded", "auto: a later rule"))
+    stored = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)
+    assert stored != pixels and read_manifest(stored)["storage"] == "encoded"
+    assert read_manifest(pixels)["storage"] == "pixels"  # the other mode's copy is left as it was
+    monkeypatch.undo()
+    assert ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None) == pixels

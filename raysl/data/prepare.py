@@ -303,8 +303,9 @@ def ensure_prepared(
 ) -> str:
     """Return the URI of a prepared copy of a known KIND under cache_dir, preparing it on first use.
 
-    The copy lives at `<cache_dir>/<kind>[-<size>]` (image folders add a hash of SRC) and is reused
-    whenever its manifest exists. On a local cache_dir it is prepared into a temporary sibling and
+    The copy lives at `<cache_dir>/<kind>[-<size>]` (image folders add their resolved storage mode, pixels or
+    encoded, and a hash of SRC: a copy stored under one mode is never reused for the other, e.g. after the
+    auto rule changed; the other kinds have one mode each) and is reused whenever its manifest exists. On a local cache_dir it is prepared into a temporary sibling and
     renamed into place, so a killed prepare never leaves a half dataset that looks done; on object
     stores (no atomic rename) it is prepared in place, where the manifest, written last, marks it done.
     """
@@ -314,7 +315,7 @@ def ensure_prepared(
         raise UserError("image-folder needs SRC: the folder holding the images")
     name = kind if image_size is None else f"{kind}-{image_size}"
     if kind == "image-folder":
-        name += "-" + hashlib.sha1(str(source).encode()).hexdigest()[:8]
+        name += f"-{_folder_mode(source, image_size)}-" + hashlib.sha1(str(source).encode()).hexdigest()[:8]
     target = join_uri(cache_dir, name)
     filesystem, target_path = open_filesystem(target)
     if _has_manifest(filesystem, target_path):
@@ -340,6 +341,16 @@ def ensure_prepared(
             filesystem.delete_dir(temporary_path)
     log(f"dataset ready at {target}")
     return target
+
+
+def _folder_mode(source: str, image_size: int | None) -> str:
+    """The storage `prepare` gives an image folder with its defaults (--mode auto, seed 0): pixels with
+    --image-size, else what the auto rule resolves from the folder's sampled headers."""
+    if image_size is not None:
+        return "pixels"
+    plan = plan_image_folder(source)
+    filesystem, _ = open_filesystem(source)
+    return encoded.choose_folder_mode(filesystem, [candidate.path for candidate in plan.candidates], 0, None)[0]
 
 
 # ---------------------------------------------------------------------------------------------- reading
