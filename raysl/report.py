@@ -9,8 +9,10 @@ leaderboard.csv, leaderboard.md and plots/*.png into the experiment directory.
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -66,6 +68,8 @@ class Trial:
     """The leaderboard's status (completed, stopped early (ASHA), interrupted (epoch N), failed: ..., not started, ...)."""
     directory: str = ""
     """The trial's directory under the experiment (trial_<id>)."""
+    created: bool = True
+    """False: a trial of the search space that Tune never created (the sweep ended first): no id, no directory."""
 
     @property
     def epochs(self) -> int:
@@ -165,6 +169,7 @@ def load_experiment(experiment_dir: str) -> Experiment:
             directory=directory,
         )
     ordered = [trials[trial_id] for trial_id in sorted(trials)]
+    ordered += _never_created(sweep, ordered)
 
     if sweep is not None:
         search_keys, max_epochs = list(sweep.search), sweep.max_epochs
@@ -177,6 +182,32 @@ def load_experiment(experiment_dir: str) -> Experiment:
         trial.status = trial_status(trial, max_epochs, sweep, ended, asha_stops)
     name = uri.rsplit("/", 1)[-1]
     return Experiment(uri, name, sweep, ordered, search_keys, max_epochs, _main_set(sweep, ordered), warnings)
+
+
+def _never_created(sweep: SweepConfig | None, trials: list[Trial]) -> list[Trial]:
+    """The trials of the sweep's search space (sweep.trial_count: the grid's points times num_samples) that Tune
+    never created, when the sweep ended (time budget, Ctrl-C, a killed driver) before it made them: Tune's state
+    and directories hold only the trials it made. Each has its grid point's values (those no created trial has,
+    in Tune's order: the first key varies fastest); values drawn at random are unknown, never drawn."""
+    if sweep is None or len(trials) >= sweep.trial_count:
+        return []
+    grid = {key: distribution.grid for key, distribution in sweep.search.items() if distribution.grid is not None}
+    keys = list(grid)[::-1]  # itertools.product varies its last iterable fastest
+    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))] * sweep.num_samples
+
+    def key_of(params: dict[str, Any]) -> str:
+        return json.dumps([params.get(key) for key in keys], sort_keys=True, default=str)
+
+    made = collections.Counter(key_of(trial.params) for trial in trials)
+    missing = []
+    for point in points:
+        if made[key_of(point)] > 0:
+            made[key_of(point)] -= 1
+        else:
+            missing.append(point)
+    missing = missing[: sweep.trial_count - len(trials)]
+    return [Trial(trial_id=f"not-created-{number}", params={key: point[key] for key in grid}, rows=[], created=False)
+            for number, point in enumerate(missing, start=1)]
 
 
 def trial_run_dir(experiment_uri: str, trial_id: str) -> str:
@@ -262,6 +293,11 @@ def trial_status(trial: Trial, max_epochs: int, sweep: SweepConfig | None, ended
     (...), failed: ...; `ended` is how the last `raysl sweep` ended (ENDING_FILE: it says why Tune's state still
     calls a trial RUNNING; without it, a live sweep or a killed driver); `asha_stops` the trials ASHA stopped
     (ASHA_STOPS; None in experiments from before it was written)."""
+    if not trial.created:  # the sweep ended before Tune made it
+        if ended == "interrupted":
+            return "not started (interrupted)"
+        budget = sweep is not None and sweep.time_budget_minutes is not None
+        return "not started (stopped by the time budget)" if ended == "finished" and budget else "not started"
     # error.txt outlives the attempt that wrote it: a trial Tune retried (trial_retries) and that then
     # finished is TERMINATED, with the error of its failed attempt still beside it.
     if trial.state == "ERROR" or (trial.error is not None and trial.state != "TERMINATED"):
@@ -295,6 +331,8 @@ def write_hparams(experiment: Experiment, log=print) -> list[str]:
     metrics = {"raysl/best_knn_top1": "best", "raysl/last_knn_top1": "final", "raysl/epochs": "epochs"}
     written = []
     for trial in experiment.trials:
+        if not trial.created:  # no directory, nothing for TensorBoard (the leaderboard lists it)
+            continue
         values = {key: _hparam(trial.params.get(key)) for key in experiment.search_keys}
         values.update(trial=trial.trial_id, status=trial.status)
         summaries = hparams(values, {**{tag: 0.0 for tag in metrics}, "ray/tune/knn_top1": 0.0, "ray/tune/loss": 0.0})

@@ -193,3 +193,22 @@ def test_a_rank_without_queries_still_takes_part(tiny_dataset, tmp_path):
         results = manager.dict()
         mp.spawn(_tiny_share_worker, args=(str(tmp_path / "init"), tiny_dataset, results), nprocs=2, join=True)
         assert results[0] == results[1] == one_rank
+
+
+def test_a_label_set_with_unlabelled_bank_rows_leaves_the_next_label_set_its_whole_bank():
+    """The first label set drops its unlabelled (-1) bank rows; the second, fully labelled, is still scored
+    against every bank row: the figure it gets when evaluated alone, and no IndexError. The queries are the
+    bank images and k = 1, so the second set alone is right on every query (each finds itself)."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (10, 28, 28, 1), dtype=torch.uint8)
+    partial = torch.tensor([0, 1, -1, 0, 1, -1, 0, 1, 0, 1])
+    full = torch.arange(10)  # one class per image
+    run = RunConfig.model_validate({**SMALL, "evaluation": {"knn_k": 1}})
+    trainer = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1)
+    both = EvalSet("random", images, images, {"partial": (partial, partial, 2), "full": (full, full, 10)})
+    alone = EvalSet("random", images, images, {"full": (full, full, 10)})
+    options = trainer.feature_options()
+    together, _ = monitor_metrics(trainer.method.backbone, [both], run.evaluation, options)
+    by_itself, _ = monitor_metrics(trainer.method.backbone, [alone], run.evaluation, options)
+    assert by_itself["knn_top1"] == 1.0
+    assert together["knn_top1/random:full"] == by_itself["knn_top1"]

@@ -403,3 +403,49 @@ def test_ensure_prepared_failure_leaves_nothing(tmp_path):
     with pytest.raises(UserError):
         ensure_prepared("mnist", str(tmp_path / "missing"), str(tmp_path / "cache"), log=lambda message: None)
     assert not (tmp_path / "cache").exists() or os.listdir(tmp_path / "cache") == []
+
+
+def test_ensure_prepared_keys_an_image_folder_cache_by_its_storage_mode(tmp_path, monkeypatch):
+    """A folder cached as pixels under one auto rule is not reused once the rule resolves it to encoded
+    (nor the other way round): the resolved storage mode is part of the cache name."""
+    root = tmp_path / "images"
+    for label, shade in (("a", 40), ("b", 200)):
+        for number in range(4):
+            save(root / label / f"{number}.png", Image.new("RGB", (8, 8), (shade, number * 10, 0)))
+    cache = tmp_path / "cache"
+    pixels = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)
+    assert read_manifest(pixels)["storage"] == "pixels"  # auto: small equal-size images
+
+    from raysl.data import encoded
+
+    monkeypatch.setattr(encoded, "choose_folder_mode", lambda *args: ("encoded", "auto: a later rule"))
+    stored = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)
+    assert stored != pixels and read_manifest(stored)["storage"] == "encoded"
+    assert read_manifest(pixels)["storage"] == "pixels"  # the other mode's copy is left as it was
+    monkeypatch.undo()
+    assert ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None) == pixels
+
+
+def test_prepare_on_first_use_names_the_final_directory_in_its_summary(idx_dir, tmp_path, capsys):
+    """A kind prepared on first use (data.kind, as `raysl train` / `sweep` resolve it) is written to a
+    .partial-* sibling and renamed: the printed summary line names where the dataset is, not the temporary
+    directory (pixels and encoded)."""
+    from raysl.config import RunConfig
+    from raysl.preflight import resolve_data
+
+    directory, _ = idx_dir
+    cache = tmp_path / "cache"
+    run = RunConfig.model_validate({"data": {"kind": "mnist", "source": str(directory), "cache_dir": str(cache)}})
+    uri = resolve_data(run, log=lambda message: None)
+    assert uri == str(cache / "mnist")
+    (summary,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("prepared mnist")]
+    assert summary.endswith(f"-> {uri}") and ".partial" not in summary
+
+    root = tmp_path / "images"  # mixed sizes: auto stores them encoded
+    for label in ("a", "b"):
+        for number in range(3):
+            save(root / label / f"{number}.png", Image.new("RGB", (8 + number, 10), (number * 40, 0, 0)))
+    uri = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)
+    assert read_manifest(uri)["storage"] == "encoded"
+    (summary,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("prepared image-folder")]
+    assert f"-> {uri}" in summary and ".partial" not in summary

@@ -396,3 +396,34 @@ def test_every_trial_however_it_ended_has_its_status_and_hparams(tmp_path, ended
     assert "raysl/best_knn_top1" not in hparams_of(experiment / "trial_e_00003")  # nothing measured: no value
     build_report(str(experiment), log=lambda line: None)  # again (raysl report): one hparams file per trial, replaced
     assert [path.name for path in (experiment / "trial_e_00002").glob("events.out.tfevents*")] == [HPARAMS_FILE]
+
+
+@pytest.mark.parametrize("ended, missing", [
+    ("finished", "not started (stopped by the time budget)"),  # the budget ended it before Tune made the last trial
+    ("interrupted", "not started (interrupted)"),
+    (None, "not started"),  # live, or its driver killed
+])
+def test_every_trial_of_the_search_space_is_on_the_leaderboard_even_one_tune_never_created(tmp_path, ended, missing):
+    """The quickstart's 6-point grid, its time budget over before Tune created the 6th trial: Tune's state and
+    directories hold 5 trials; the leaderboard lists all 6, the 6th with its grid values and not started."""
+    sweep = sweep_dict({"method.temperature": [0.1, 0.2, 0.5], "optimizer.lr": [0.003, 0.006]})
+    sweep.update(scheduler={"name": "asha", "grace_period": 1}, time_budget_minutes=13.5)
+    assert SweepConfig.model_validate(sweep).trial_count == 6
+    points = [(0.1, 0.003), (0.2, 0.003), (0.5, 0.003), (0.1, 0.006), (0.2, 0.006)]  # the first key varies fastest
+    experiment = write_experiment(tmp_path / "quick", sweep, [
+        {"id": f"q_0000{index}", "params": {"method.temperature": temperature, "optimizer.lr": lr},
+         "rows": epoch_rows(f"q_0000{index}", [0.5 + index / 100] * (3 if index < 2 else 1))}
+        for index, (temperature, lr) in enumerate(points)
+    ])
+    if ended:
+        (experiment / ENDING_FILE).write_text(json.dumps({"ended": ended}))
+    (experiment / ASHA_STOPS).write_text(json.dumps({"q_00002": 1}))
+    build_report(str(experiment), log=lambda line: None)
+    rows = read_csv(experiment / "leaderboard.csv")
+    assert len(rows) == 6
+    (never,) = [row for row in rows if not row["trial"].startswith("q_")]
+    assert (never["method.temperature"], never["optimizer.lr"]) == ("0.5", "0.006")
+    assert never["status"] == missing and never["knn_top1"] == "" and never["epochs"] == "0"
+    assert rows[-1] == never  # unscored: last
+    assert "Trials: 6 (" in (experiment / "leaderboard.md").read_text()
+    assert not list(experiment.glob(f"*{never['trial']}*"))  # no directory made for it (hparams: real trials only)

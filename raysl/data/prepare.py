@@ -70,7 +70,7 @@ def prepare(
     progress: bool = True, unlabeled: bool = False, mode: str = "auto", max_side: int | None = DEFAULT_MAX_SIDE,
     quality: int = DEFAULT_QUALITY, classes: str | None = None, image_column: str = "image",
     label_column: str = "label", shard_rows: int = encoded.SHARD_ROWS, shard_bytes: int = encoded.SHARD_BYTES,
-    row_group_rows: int = encoded.ROW_GROUP_ROWS, shuffle_buffer: int | None = None,
+    row_group_rows: int = encoded.ROW_GROUP_ROWS, shuffle_buffer: int | None = None, shown_out: str | None = None,
 ) -> dict:
     """Write Parquet shards + manifest.json under `out` (local path or pyarrow filesystem URI).
 
@@ -82,7 +82,8 @@ def prepare(
     of class folder names) image folders; `image_column`/`label_column` Parquet sources; `shard_rows`,
     `shard_bytes`, `row_group_rows` and `shuffle_buffer` (Parquet/WebDataset) the encoded shard layout.
     `test_fraction` and `seed` split sources without a held-out split (per class, seeded); `strict`
-    makes any skipped file an error. Returns the manifest dict and prints one summary line.
+    makes any skipped file an error. Returns the manifest dict and prints one summary line, naming
+    `shown_out` (default `out`): where the dataset will be when the caller renames `out` into place.
     """
     if kind not in KINDS:
         raise UserError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -127,7 +128,7 @@ def prepare(
             kind, source, out, why=why, test_fraction=test_fraction, seed=seed, strict=strict, workers=workers,
             progress=progress, unlabeled=unlabeled, max_side=max_side, quality=quality, classes=classes,
             image_column=image_column, label_column=label_column, shard_rows=shard_rows, shard_bytes=shard_bytes,
-            row_group_rows=row_group_rows, shuffle_buffer=shuffle_buffer,
+            row_group_rows=row_group_rows, shuffle_buffer=shuffle_buffer, shown_out=shown_out or out,
         )
     source = _resolve_source(kind, source, download)
     source, data = _read_source(kind, source, download, image_size=image_size, test_fraction=test_fraction,
@@ -140,7 +141,7 @@ def prepare(
     manifest["mode_reason"] = why
     _write(out, data, manifest)
     print(f"prepared {kind} (pixels {'x'.join(map(str, manifest['image_shape']))}; {why}): kept {kept} "
-          f"(converted {data.converted}), skipped {len(data.skipped)} -> {out}{_notes_text(data.notes)}")
+          f"(converted {data.converted}), skipped {len(data.skipped)} -> {shown_out or out}{_notes_text(data.notes)}")
     return manifest
 
 
@@ -152,7 +153,7 @@ def _prepare_encoded(
     kind: str, source: str | None, out: str, *, why: str, test_fraction: float, seed: int, strict: bool,
     workers: int | None, progress: bool, unlabeled: bool, max_side: int | None, quality: int, classes: str | None,
     image_column: str, label_column: str, shard_rows: int, shard_bytes: int, row_group_rows: int,
-    shuffle_buffer: int | None,
+    shuffle_buffer: int | None, shown_out: str,
 ) -> dict:
     """The encoded path: plan (paths / a label pass only), then stream the items through write_encoded."""
     from raysl.data import external
@@ -235,7 +236,7 @@ def _prepare_encoded(
     sizes = result.sizes
     print(f"prepared {kind} (encoded, max side {max_side or 'unlimited'}, JPEG quality {quality}; {why}): "
           f"kept {result.kept} (converted {result.converted}), skipped {len(skipped)}, "
-          f"{sizes['width'][0]}-{sizes['width'][2]} x {sizes['height'][0]}-{sizes['height'][2]} px -> {out}"
+          f"{sizes['width'][0]}-{sizes['width'][2]} x {sizes['height'][0]}-{sizes['height'][2]} px -> {shown_out}"
           f"{_notes_text(notes)}")
     return manifest
 
@@ -303,8 +304,9 @@ def ensure_prepared(
 ) -> str:
     """Return the URI of a prepared copy of a known KIND under cache_dir, preparing it on first use.
 
-    The copy lives at `<cache_dir>/<kind>[-<size>]` (image folders add a hash of SRC) and is reused
-    whenever its manifest exists. On a local cache_dir it is prepared into a temporary sibling and
+    The copy lives at `<cache_dir>/<kind>[-<size>]` (image folders add their resolved storage mode, pixels or
+    encoded, and a hash of SRC: a copy stored under one mode is never reused for the other, e.g. after the
+    auto rule changed; the other kinds have one mode each) and is reused whenever its manifest exists. On a local cache_dir it is prepared into a temporary sibling and
     renamed into place, so a killed prepare never leaves a half dataset that looks done; on object
     stores (no atomic rename) it is prepared in place, where the manifest, written last, marks it done.
     """
@@ -314,7 +316,7 @@ def ensure_prepared(
         raise UserError("image-folder needs SRC: the folder holding the images")
     name = kind if image_size is None else f"{kind}-{image_size}"
     if kind == "image-folder":
-        name += "-" + hashlib.sha1(str(source).encode()).hexdigest()[:8]
+        name += f"-{_folder_mode(source, image_size)}-" + hashlib.sha1(str(source).encode()).hexdigest()[:8]
     target = join_uri(cache_dir, name)
     filesystem, target_path = open_filesystem(target)
     if _has_manifest(filesystem, target_path):
@@ -327,7 +329,7 @@ def ensure_prepared(
     temporary = join_uri(cache_dir, f".{name}.partial-{uuid.uuid4().hex[:12]}")
     _, temporary_path = open_filesystem(temporary)
     try:
-        prepare(kind, source, temporary, image_size=image_size)
+        prepare(kind, source, temporary, image_size=image_size, shown_out=target)  # renamed to target below
         if not _has_manifest(filesystem, target_path):  # else another process finished first: keep its copy
             if filesystem.get_file_info(target_path).type != pafs.FileType.NotFound:
                 filesystem.delete_dir(target_path)  # a half-written leftover
@@ -340,6 +342,16 @@ def ensure_prepared(
             filesystem.delete_dir(temporary_path)
     log(f"dataset ready at {target}")
     return target
+
+
+def _folder_mode(source: str, image_size: int | None) -> str:
+    """The storage `prepare` gives an image folder with its defaults (--mode auto, seed 0): pixels with
+    --image-size, else what the auto rule resolves from the folder's sampled headers."""
+    if image_size is not None:
+        return "pixels"
+    plan = plan_image_folder(source)
+    filesystem, _ = open_filesystem(source)
+    return encoded.choose_folder_mode(filesystem, [candidate.path for candidate in plan.candidates], 0, None)[0]
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -366,9 +366,10 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
     if written:
         log(f"report: {path}/leaderboard.md, plots in {path}/plots; every trial in TensorBoard: tensorboard --logdir {path}")
     failed = [result for result in results if result.error is not None]
-    if failed and len(failed) == len(rows) and not interrupted:
+    created = sum(trial.created for trial in experiment.trials)  # the leaderboard also lists those never created
+    if failed and len(failed) == created and not interrupted:
         raise UserError(
-            f"all {len(rows)} trials failed; the first error:\n{_error_summary(failed[0].error)}\n"
+            f"all {created} trials failed; the first error:\n{_error_summary(failed[0].error)}\n"
             f"(full traces: error.txt in the trial directories under {path})"
         )
     return SweepOutcome(path, rows, interrupted, best)

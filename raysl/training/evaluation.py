@@ -217,12 +217,15 @@ def monitor_metrics(backbone: nn.Module, sets: list[EvalSet], config: Evaluation
             bank_labels = bank_labels.to(bank.device)
             local_labels = query_labels[start:stop].to(queries.device)
             labelled = bank_labels >= 0
-            if not bool(labelled.all()):  # a copy of the bank only when some rows are unlabelled in this set
-                bank, bank_labels = bank[labelled], bank_labels[labelled]
+            # A copy of the bank only when some rows are unlabelled in this set; `bank` itself stays whole for
+            # the next label set.
+            set_bank = bank
+            if not bool(labelled.all()):
+                set_bank, bank_labels = bank[labelled], bank_labels[labelled]
             scored = local_labels >= 0
             correct = 0
             if len(bank_labels) and bool(scored.any()):
-                scores = knn_scores(queries[scored], bank, bank_labels, classes, config.knn_k, config.knn_temperature)
+                scores = knn_scores(queries[scored], set_bank, bank_labels, classes, config.knn_k, config.knn_temperature)
                 correct = (scores.argmax(dim=1) == local_labels[scored]).sum().item()
             counts += [float(correct), float(scored.sum().item())]
         totals = sum_over_ranks(counts, options.device)
