@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from raysl.config import RunConfig
-from raysl.data.views import make_views
+from raysl.views.batch import make_views
 from raysl.training.loop import Trainer
 from raysl.training.monitor import extract_features, knn_predict
 

@@ -1,7 +1,7 @@
-"""Decoders for the encoded data path (raysl.data.decode): JPEG decode rate per decoder, then decode + crops.
+"""Decoders for the encoded data path (raysl.views): JPEG decode rate per decoder, then decode + crops.
 
 One thread (torch.set_num_threads(1); the decoders are single-threaded), on a folder of variable-size images
-(raysl.data.synthetic: 80% JPEG q60-95, 12% PNG, 8% gray JPEG, 100-500 px sides by default):
+(raysl.ingest.synthetic: 80% JPEG q60-95, 12% PNG, 8% gray JPEG, 100-500 px sides by default):
 
     .venv/bin/python benchmarks/decoders.py [--folder /tmp/folder1] [--images 1000] [--repeat 2]
 
@@ -10,7 +10,7 @@ Without --folder a 1000-image folder is made in a temporary directory (about 10 
    decode at 1/2 or 1/4 in the DCT domain (PIL's draft, libjpeg-turbo's scaling), what views_from_encoded
    does when every crop of an image allows it. Then the whole mix (JPEG + PNG) for the decoders that read PNG.
 2. end to end per source image: decode once + 2 random resized crops (scale 0.08-1, RandomResizedCrop
-   semantics) at 224 and at 96, as raysl.data.decode.crops_from_encoded does (geometry drawn first), for each
+   semantics) at 224 and at 96, as raysl.views.encoded.crops_from_encoded does (geometry drawn first), for each
    JPEG decoder (PNG always through PIL), DCT reduction off / on, and the resize by torch (uint8 antialiased
    F.interpolate, whole-pixel boxes: the default) or by PIL (Image.resize with a fractional box). Then what
    the photometric ops (views.photometric: colour jitter, grayscale, blur) cost per view on top.
@@ -34,15 +34,17 @@ import torch
 from PIL import Image
 
 from raysl.config import ViewsConfig
-from raysl.data import decode as D
-from raysl.data.views import photometric
+from raysl.views.decode import BACKEND, JPEG_DECODERS, _decode_simplejpeg, crop_resize, decode, decode_reduced, image_size, is_jpeg, to_pil
+from raysl.views.encoded import Geometry, crops_from_encoded
+from raysl.views.geometry import reduction_for
+from raysl.views.batch import photometric
 
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
 def load_folder(folder: str | None, count: int) -> list[bytes]:
     if folder is None:
-        from raysl.data.synthetic import make_folder
+        from raysl.ingest.synthetic import make_folder
 
         folder = str(make_folder(tempfile.mkdtemp(prefix="raysl-decoders-"), train=count, val=0))
     files = sorted(glob.glob(os.path.join(folder, "train", "*", "*")))[:count]
@@ -91,7 +93,7 @@ def jpeg_decoders() -> dict[str, object]:
 
         decoders["simplejpeg"] = lambda data: simplejpeg.decode_jpeg(data, "RGB")
         for k in (2, 4):
-            decoders[f"simplejpeg 1/{k}"] = lambda data, k=k: D._decode_simplejpeg(data, 3, k)
+            decoders[f"simplejpeg 1/{k}"] = lambda data, k=k: _decode_simplejpeg(data, 3, k)
     except ImportError:
         print("(simplejpeg not installed: pip install simplejpeg)")
     turbo = turbojpeg_decoder()
@@ -114,7 +116,7 @@ def turbojpeg_decoder():
 
 
 def register_turbojpeg() -> bool:
-    """PyTurboJPEG as a raysl.data.decode JPEG decoder, for the end-to-end table only."""
+    """PyTurboJPEG as a raysl.views.decode JPEG decoder, for the end-to-end table only."""
     turbo = turbojpeg_decoder()
     if turbo is None:
         return False
@@ -125,21 +127,21 @@ def register_turbojpeg() -> bool:
         array = turbo.decode(data, pixel_format=fmt, scaling_factor=None if k == 1 else (1, k))
         return array, 1.0 / k
 
-    D.JPEG_DECODERS["turbojpeg"] = run
+    JPEG_DECODERS["turbojpeg"] = run
     return True
 
 
 def crops_pil(blobs, views, generator, backend, reduce):
     """The same geometry and decode as crops_from_encoded, the resize by PIL with fractional boxes."""
-    sizes = [D.image_size(data) for data in blobs]
-    geometry = D._Geometry([w for w, _ in sizes], [h for _, h in sizes], views, generator)
-    reduction = D.reduction_for(geometry.boxes, geometry.sizes) if reduce else torch.ones(len(blobs), dtype=torch.int64)
+    sizes = [image_size(data) for data in blobs]
+    geometry = Geometry([w for w, _ in sizes], [h for _, h in sizes], views, generator)
+    reduction = reduction_for(geometry.boxes, geometry.sizes) if reduce else torch.ones(len(blobs), dtype=torch.int64)
     boxes = geometry.boxes.tolist()
     for row, data in enumerate(blobs):
-        image, scale = D._decode_reduced(data, 3, int(reduction[row]), backend)
-        image = D.to_pil(image)
+        image, scale = decode_reduced(data, 3, int(reduction[row]), backend)
+        image = to_pil(image)
         for index, spec in enumerate(geometry.specs):
-            D.crop_resize(image, tuple(v * scale for v in boxes[row][index]), spec.size)
+            crop_resize(image, tuple(v * scale for v in boxes[row][index]), spec.size)
 
 
 def main() -> None:
@@ -151,8 +153,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     blobs = load_folder(args.folder, args.images)
-    jpegs = [data for data in blobs if D.is_jpeg(data)]
-    sizes = np.array([D.image_size(data) for data in blobs])
+    jpegs = [data for data in blobs if is_jpeg(data)]
+    sizes = np.array([image_size(data) for data in blobs])
     print(f"{len(blobs)} images ({len(jpegs)} JPEG), sides {sizes.min()}-{sizes.max()} px, mean "
           f"{sizes.mean(0).round().astype(int).tolist()}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, one thread; torch {torch.__version__}, PIL {Image.__version__}")
@@ -170,7 +172,7 @@ def main() -> None:
     mix = {
         "PIL open + convert": lambda data: Image.open(io.BytesIO(data)).convert("RGB"),
         "torchvision decode_image": lambda data: decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB),
-        f"raysl decode ({D.BACKEND} + PIL)": lambda data: D.decode(data, 3),
+        f"raysl decode ({BACKEND} + PIL)": lambda data: decode(data, 3),
     }
     base = None
     for name, function in mix.items():
@@ -178,14 +180,14 @@ def main() -> None:
         base = base or speed
         print(f"{name:28s} {speed:9.0f} {1000 / speed:9.3f} {speed / base:6.2f}")
 
-    backends = ["pil"] + [name for name in ("simplejpeg",) if name in D.JPEG_DECODERS]
+    backends = ["pil"] + [name for name in ("simplejpeg",) if name in JPEG_DECODERS]
     if register_turbojpeg():
         backends.append("turbojpeg")
     batches = [blobs[start : start + args.batch] for start in range(0, len(blobs), args.batch)]
     for size in (224, 96):
         views = ViewsConfig.model_validate({"crops": [{"count": 2, "size": size, "scale": [0.08, 1.0]}]})
-        geometry = D._Geometry(sizes[:, 0].tolist(), sizes[:, 1].tolist(), views, torch.Generator().manual_seed(0))
-        reductions = torch.bincount(D.reduction_for(geometry.boxes, geometry.sizes), minlength=9)
+        geometry = Geometry(sizes[:, 0].tolist(), sizes[:, 1].tolist(), views, torch.Generator().manual_seed(0))
+        reductions = torch.bincount(reduction_for(geometry.boxes, geometry.sizes), minlength=9)
         print(f"\n2. decode + 2 crops at {size} (scale 0.08-1) per source image, one thread; DCT reductions "
               f"chosen 1/1: {int(reductions[1])}, 1/2: {int(reductions[2])}, 1/4: {int(reductions[4])}, 1/8: {int(reductions[8])}")
         print(f"{'JPEG decoder':12s} {'reduce':>6s} {'resize':>6s} {'images/s':>9s} {'ms/image':>9s} {'x PIL':>6s}")
@@ -196,13 +198,13 @@ def main() -> None:
                     def run(batch):
                         generator = torch.Generator().manual_seed(0)
                         if resize == "torch":
-                            D.crops_from_encoded(batch, views, generator, 3, reduce=reduce, backend=backend)
+                            crops_from_encoded(batch, views, generator, 3, reduce=reduce, backend=backend)
                         else:
                             crops_pil(batch, views, generator, backend, reduce)
                     speed = rate(run, batches, args.repeat) * len(blobs) / len(batches)  # batches/s -> images/s
                     base = base or speed
                     print(f"{backend:12s} {str(reduce):>6s} {resize:>6s} {speed:9.0f} {1000 / speed:9.3f} {speed / base:6.2f}")
-        crops, _ = D.crops_from_encoded(batches[0], views, torch.Generator().manual_seed(0), 3)
+        crops, _ = crops_from_encoded(batches[0], views, torch.Generator().manual_seed(0), 3)
         images = crops[0].float().div_(255)
         start = time.perf_counter()
         photometric(images, views, torch.Generator().manual_seed(1))

@@ -24,8 +24,8 @@ def main() -> None:
 
     from raysl.preflight import resolve_data
     from raysl.config import detect_file_kind, load_run_config, load_sweep_config, read_yaml
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import channels_of
     from raysl.training.evaluation import load_eval_sets
     from raysl.training.loop import Trainer
     from raysl.training.monitor import knn_top1

@@ -4,7 +4,7 @@ the Train worker's iteration; rss - shared, summed per kind, sampled every 0.5 s
 
     .venv/bin/python benchmarks/folder_memory.py [--sizes 1000 5000] [--size 64]
 
-Folders are raysl.data.synthetic's (100-500 px JPEG/PNG), made under data/ on first use. The kNN monitor is
+Folders are raysl.ingest.synthetic's (100-500 px JPEG/PNG), made under data/ on first use. The kNN monitor is
 limited to 500 bank / 200 query images so that its evaluation images (held in memory at this issue's sizes)
 do not hide the data path's figures. Not a test: it prints a table.
 """
@@ -15,7 +15,6 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=[1000, 5000])
     parser.add_argument("--size", type=int, default=64, help="crop size of the training run")
     args = parser.parse_args()
-    from raysl.data.synthetic import make_folder
+    from raysl.ingest.synthetic import make_folder
 
     python = str(Path(sys.executable))
     rows = []

@@ -6,7 +6,7 @@ that does nothing:
 
     .venv/bin/python benchmarks/folder_pipeline.py [--images 2000] [--workers 1 2] [--size 224]
 
-The folder is raysl.data.synthetic's (100-500 px sides, JPEG q60-95, 12% PNG, 8% gray), made under data/ on
+The folder is raysl.ingest.synthetic's (100-500 px sides, JPEG q60-95, 12% PNG, 8% gray), made under data/ on
 first use and prepared there with `raysl prepare image-folder` (encoded mode). Each side runs one warm-up epoch,
 then is timed over --epochs epochs. Workers: DataLoader worker processes against augmentation actors (each
 with 1 CPU); the consumer is this process in both.
@@ -29,8 +29,9 @@ BATCH = 64
 
 
 def make_data(images: int) -> tuple[Path, str]:
-    from raysl.data.prepare import prepare, read_manifest
-    from raysl.data.synthetic import make_folder
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.prepare import prepare
+    from raysl.ingest.synthetic import make_folder
 
     folder = ROOT / "data" / f"bench-folder-{images}"
     if not (folder / "train").exists():

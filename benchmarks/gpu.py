@@ -94,8 +94,8 @@ def main() -> None:
     parser.add_argument("--augment-cpus", type=int, default=max(1, (os.cpu_count() or 2) - 4),
                         help="augmentation actors for views.where: data (1 CPU each on a GPU machine, 0.5 on --device cpu)")
     args = parser.parse_args()
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import channels_of
 
     args.channels = channels_of(read_manifest(str(Path(args.data).resolve()))) if args.data else 1
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"

@@ -4,7 +4,7 @@ reads them), made under data/ on first use:
 
     .venv/bin/python benchmarks/listing.py [--files 1000000] [--classes 1000]
 
-Prints the seconds to list with raysl's parallel listing (raysl.data.sources.plan_image_folder, one thread per
+Prints the seconds to list with raysl's parallel listing (raysl.ingest.folder.plan_image_folder, one thread per
 class folder) against one os.walk over the same tree, both after a warm-up listing (the directory entries in
 the page cache, as on a second run; a cold first listing on a network filesystem is slower for both).
 """
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--classes", type=int, default=1000)
     args = parser.parse_args()
-    from raysl.data.sources import plan_image_folder
+    from raysl.ingest.folder import plan_image_folder
 
     root = ROOT / "data" / f"listing-{args.files}"
     if not (root / ".complete").exists():

@@ -31,7 +31,7 @@ def child(method: str, minutes: float, output: Path) -> None:
     sys.path.insert(0, str(ROOT))
     from raysl.preflight import resolve_data
     from raysl.config import load_sweep_config
-    from raysl.data.prepare import load_split, read_manifest
+    from raysl.ingest.dataset import load_split, read_manifest
     from raysl.training.local import in_process_batches, train_in_process
     from raysl.training.evaluation import load_eval_sets
     from raysl.training.loop import Trainer

@@ -84,11 +84,10 @@ def case_config(case: str, variant: str, image_size: int) -> tuple[dict, str]:
 
 
 def measure(config: dict, uri: str, evaluations: int) -> dict:
-    import torch
 
     from raysl.config import RunConfig
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import channels_of
     from raysl.training.evaluation import load_eval_sets
     from raysl.training.loop import Trainer
 

@@ -27,7 +27,7 @@ def score(job: tuple[dict, str]) -> tuple[float, float, float, float]:
     import torch
 
     from raysl.config import RunConfig
-    from raysl.data.prepare import read_manifest
+    from raysl.ingest.dataset import read_manifest
     from raysl.data.pretraining import in_memory_epoch_images, plan_pretraining
     from raysl.training.evaluation import load_eval_sets
     from raysl.training.local import in_process_batches

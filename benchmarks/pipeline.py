@@ -33,7 +33,7 @@ class BatchViews(torch.utils.data.Dataset):
         return -(-len(self.images) // AUGMENT_BATCH)
 
     def __getitem__(self, index: int) -> list[torch.Tensor]:
-        from raysl.data.views import make_views
+        from raysl.views.batch import make_views
 
         torch.set_num_threads(1)
         rows = self.order[index * AUGMENT_BATCH : (index + 1) * AUGMENT_BATCH]
@@ -58,7 +58,7 @@ def ray_images_per_s(run, data_uri: str, epochs: int, batch_size: int = BATCH) -
     """As a Train worker consumes it: one execution over every epoch (the warm-up one too), an epoch's
     batches at a time from one iterator (raysl.ray_glue.train.epochs_per_execution). Also used by
     benchmarks/folder_pipeline.py."""
-    from raysl.data.augment import augment_batch
+    from raysl.ray_glue.augment_actor import augment_batch
     from raysl.data.pretraining import plan_pretraining
     from raysl.ray_glue.train import build_view_dataset, configure_data_context, shuffle_buffer
 
@@ -87,7 +87,7 @@ def main() -> None:
 
     from raysl.preflight import resolve_data
     from raysl.config import load_sweep_config
-    from raysl.data.prepare import load_split
+    from raysl.ingest.dataset import load_split
 
     base = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml").base
     data_uri = resolve_data(base)

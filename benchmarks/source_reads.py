@@ -52,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from raysl.data.prepare import prepare, split_files
+    from raysl.ingest.dataset import split_files
+    from raysl.ingest.prepare import prepare
 
     folder = ROOT / "data" / f"bench-folder-{args.images}"
     prepared = ROOT / "data" / f"bench-folder-{args.images}-prepared"

@@ -17,7 +17,7 @@ import torch
 from torchvision.transforms import v2
 
 from raysl.config import ViewsConfig
-from raysl.data.views import make_views
+from raysl.views.batch import make_views
 
 CASES = {
     "28px gray, 2 views": (1, 28, [{"count": 2, "size": 28, "scale": [0.2, 1.0]}]),

@@ -30,7 +30,7 @@ from raysl.preflight import (
     resolve_data, resolve_pool,
 )
 from raysl.ray_glue.session import cluster_nodes, ray_session
-from raysl.storage import absolute_path, is_remote
+from raysl.io.storage import absolute_path, is_remote
 
 if TYPE_CHECKING:
     import pandas
@@ -240,7 +240,7 @@ def train(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
 
 
 def _last_metrics(path: str) -> dict[str, Any]:
-    from raysl.storage import read_text
+    from raysl.io.storage import read_text
 
     lines = (read_text(f"{path}/metrics.jsonl") or "").strip().splitlines()
     return json.loads(lines[-1]) if lines else {}

@@ -34,7 +34,7 @@ def _log_notes(notes: list[str]) -> None:
 
 
 def command_prepare(args: argparse.Namespace) -> None:
-    from raysl.data.prepare import prepare
+    from raysl.ingest.prepare import prepare
 
     prepare(
         args.kind, args.source, args.out, image_size=args.image_size, test_fraction=args.test_fraction,
@@ -159,10 +159,10 @@ def command_eval(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from raysl.config import legacy_stem, parse_overrides, set_dotted, validation_message
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import channels_of
     from raysl.methods import build_method
-    from raysl.storage import write_text
+    from raysl.io.storage import write_text
     from raysl.training.evaluation import (
         FeatureOptions, eval_document, find_checkpoint, full_evaluation, load_checkpoint, load_eval_sets,
     )
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="turn a raw dataset into Parquet shards + manifest")
     # parquet and webdataset are prepare-only sources (converted into raysl's encoded layout; run configs
-    # cannot name them): the same names as raysl.data.prepare.KINDS, without importing pyarrow here
+    # cannot name them): the same names as raysl.ingest.dataset.KINDS, without importing pyarrow here
     prepare.add_argument("kind", choices=(*KINDS, "parquet", "webdataset"))
     prepare.add_argument("source", nargs="?", help="raw files' directory (fashion-mnist: Debian's by default); "
                          "parquet/webdataset: a directory or glob of .parquet / .tar files")

@@ -3,7 +3,7 @@
 
 The images are brought to the backbone's input exactly as the kNN monitor brings its evaluation images
 (raysl.data.rows.EvalImages): a pixels dataset at its own stored shape (to_shape), an encoded one by the
-evaluation transform (raysl.data.decode.eval_images: short side to eval_size / crop_fraction, centre crop
+evaluation transform (raysl.views.evaluation.eval_images: short side to eval_size / crop_fraction, centre crop
 eval_size, with the run's evaluation.image_size / crop_fraction), shaped by raysl.data.pretraining.main_shape.
 The features are the monitor's own (raysl.training.monitor.extract_features): the source's recorded input
 normalisation, eval mode, the backbone output L2-normalised, cast to float16 or float32 after normalising
@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from raysl.data.rows import eval_rows
+from raysl.data.eval_images import eval_rows
 from raysl.errors import UserError
 
 DTYPES = ("float16", "float32")
@@ -89,7 +89,7 @@ def open_source(path: str, log=print) -> EmbedSource:
     """The backbone of `path` (an export or a checkpoint) with its input normalisation and run config; a
     UserError naming `path` when it is neither, or cannot be loaded."""
     from raysl.exporting import MODEL_FILE, STATE_FILE, _input_of, _run_and_method, best_trial_run
-    from raysl.storage import absolute_path, exists, is_remote
+    from raysl.io.storage import absolute_path, exists, is_remote
     from raysl.training.evaluation import find_checkpoint, load_checkpoint
 
     given = absolute_path(str(path).rstrip("/") or str(path))
@@ -157,7 +157,7 @@ def input_shape(source: EmbedSource, manifest: dict, data: str) -> tuple[int, in
     """(H, W, C) the dataset's images are brought to (the monitor's main_shape), after checking the channels
     and that the backbone takes a batch of that shape (on the driver, before any Ray work)."""
     from raysl.data.pretraining import main_shape
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import channels_of
     from raysl.training.monitor import extract_features
 
     channels = channels_of(manifest)

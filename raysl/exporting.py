@@ -52,8 +52,8 @@ def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
     if isinstance(recorded, dict) and {"channels", "mean", "std"} <= set(recorded):
         return {"channels": int(recorded["channels"]), "mean": list(recorded["mean"]), "std": list(recorded["std"])}
     from raysl.preflight import resolve_data
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import channels_of
 
     try:
         manifest = read_manifest(resolve_data(run))
@@ -78,7 +78,7 @@ def best_trial_run(uri: str, log=print) -> str:
     import csv
     import io
 
-    from raysl.storage import exists, read_text
+    from raysl.io.storage import exists, read_text
 
     uri = uri.rstrip("/")
     if not exists(f"{uri}/leaderboard.csv"):

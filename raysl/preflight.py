@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 from raysl.config import DRIVER_CPUS, RunConfig
 from raysl.errors import UserError
-from raysl.storage import absolute_path, is_remote
+from raysl.io.storage import absolute_path, is_remote
 
 
 def _resolve(path: str | None, kind: str | None, source: str | None, cache_dir: str, image_size: int | None, field: str,
              log=print) -> str:
-    from raysl.data.prepare import ensure_prepared, read_manifest
+    from raysl.ingest.cache import ensure_prepared
+    from raysl.ingest.dataset import read_manifest
 
     if path:
         path = absolute_path(path)  # as Ray Data will see it
@@ -47,7 +48,7 @@ def resolve_pool(run: RunConfig, log=print) -> list[str]:
 def check_evaluation(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
     """What evaluation needs, before Ray starts: distinct datasets, label sets that fit the main dataset's
     classes with distinct names, and labels in every pool dataset (each is evaluated with kNN)."""
-    from raysl.data.prepare import read_manifest
+    from raysl.ingest.dataset import read_manifest
     from raysl.training.evaluation import label_sets_of
 
     uris = [data_uri, *pool_uris]
@@ -78,8 +79,8 @@ def check_evaluation(run: RunConfig, data_uri: str, pool_uris: list[str], where:
 def check_shards(uris: list[str], checksum: bool = False) -> None:
     """Every shard of these prepared datasets is there with the size its manifest records (one metadata call
     per shard); with `checksum`, also its sha256 (reads every byte). A UserError names each damaged shard."""
-    from raysl.data.prepare import read_manifest
-    from raysl.data.shards import require_intact
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.shards import require_intact
 
     for uri in dict.fromkeys(uris):
         require_intact(uri, read_manifest(uri), checksum=checksum)
@@ -88,8 +89,8 @@ def check_shards(uris: list[str], checksum: bool = False) -> None:
 def check_encoded(run: RunConfig, data_uri: str, pool_uris: list[str], where: str = "") -> None:
     """What an encoded (variable-size) main dataset allows: with views.where: trainer the Train worker decodes
     the stored files itself, so rows must reach it as files (no corruption, no pool)."""
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import is_encoded
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import is_encoded
 
     if not is_encoded(read_manifest(data_uri)) or run.views.where != "trainer":
         return
@@ -105,8 +106,8 @@ def check_init_from(run: RunConfig, data_uri: str, where: str = "") -> None:
         return
     import torch
 
-    from raysl.data.prepare import read_manifest
-    from raysl.data.rows import channels_of
+    from raysl.ingest.dataset import read_manifest
+    from raysl.ingest.dataset import channels_of
     from raysl.exporting import fitting_weights
     from raysl.methods import backbone_config
     from raysl.models import build_backbone
@@ -165,7 +166,7 @@ def validate_init_from(run: RunConfig, where: str, log=print) -> None:
     """init_from loads, and fits the model when the dataset (its channel count) is already prepared."""
     if not run.init_from:
         return
-    from raysl.data.prepare import read_manifest
+    from raysl.ingest.dataset import read_manifest
     from raysl.exporting import load_backbone
 
     try:
@@ -187,7 +188,7 @@ def validate_init_from(run: RunConfig, where: str, log=print) -> None:
 def validate_prepared(run: RunConfig, checksum: bool, log=print) -> None:
     """The datasets a config names by path (or that are already prepared in its cache): their shards' sizes
     (and with --verify-data their checksums). Datasets still to be prepared are checked when they are."""
-    from raysl.data.prepare import read_manifest
+    from raysl.ingest.dataset import read_manifest
 
     uris = []
     for field, path in [("data.path", run.data.path), *((f"data.pool.{index}.path", entry.path) for index, entry in enumerate(run.data.pool))]:

@@ -1,7 +1,7 @@
 """`raysl report`: a sweep's experiment directory as a leaderboard (Markdown + CSV) and PNG plots.
 
 Reads what Ray Tune and raysl leave in an experiment directory, on a local path or object storage alike
-(through raysl.storage only): sweep.yaml, the newest experiment_state-*.json, and per trial params.json,
+(through raysl.io.storage only): sweep.yaml, the newest experiment_state-*.json, and per trial params.json,
 result.json (one JSON line per epoch report) and error.txt. Works on finished, failed and interrupted
 sweeps (driver killed: trials the state still calls RUNNING, trials that never started). Writes
 leaderboard.csv, leaderboard.md and plots/*.png into the experiment directory.
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from raysl.config import ASHAConfig, SweepConfig
 from raysl.errors import UserError
-from raysl.storage import exists, list_dirs, list_files, read_text, write_bytes, write_text
+from raysl.io.storage import exists, list_dirs, list_files, read_text, write_bytes, write_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raysl.data.prepare import prepare
+from raysl.ingest.prepare import prepare
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -114,8 +114,8 @@ def moto_s3(bucket: str):
 @pytest.fixture(scope="session")
 def variable_folder(tmp_path_factory) -> Path:
     """A labeled folder of variable-size JPEG/PNG images in ImageNet's layout (train/<class>, val/<class>):
-    raysl.data.synthetic, 400 train / 100 val, 48-160 px sides."""
-    from raysl.data.synthetic import make_folder
+    raysl.ingest.synthetic, 400 train / 100 val, 48-160 px sides."""
+    from raysl.ingest.synthetic import make_folder
 
     return make_folder(tmp_path_factory.mktemp("folder") / "images", train=400, val=100, min_side=48, max_side=160, workers=2)
 

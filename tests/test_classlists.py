@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from raysl.cli import main
-from raysl.data.prepare import prepare, read_manifest
-from raysl.data.sources import SHIPPED_CLASS_LISTS, plan_image_folder, read_class_list, shipped_class_lists
+from raysl.ingest.dataset import read_manifest
+from raysl.ingest.prepare import prepare
+from raysl.ingest.folder import SHIPPED_CLASS_LISTS, plan_image_folder, read_class_list, shipped_class_lists
 from raysl.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysl.data.prepare import prepare
+from raysl.ingest.prepare import prepare
 from raysl.ray_glue.local_cluster import ROLE, LocalCluster
 from raysl.report import trial_run_dir
 from conftest import make_idx_source

@@ -15,9 +15,9 @@ from raysl.data.conditions import (
     budget_indices, budget_name, pretraining_counts, repeat_counts, subset_order, to_shape,
 )
 from raysl.data.labelsets import load_label_map, resolve_label_set
-from raysl.data.prepare import read_manifest
+from raysl.ingest.dataset import read_manifest
 from raysl.data.pretraining import in_memory_epoch_images, plan_pretraining
-from raysl.data.sources import FASHION_MNIST_CLASSES
+from raysl.ingest.source import FASHION_MNIST_CLASSES
 from raysl.errors import UserError
 from raysl.training.evaluation import load_eval_sets
 from raysl.training.loop import Trainer
@@ -226,7 +226,7 @@ def test_relative_paths_are_fixed_where_they_were_written():
 
 def test_pool_datasets_are_checked_before_ray(tiny_dataset, tmp_path):
     from raysl.preflight import check_evaluation
-    from raysl.data.prepare import prepare
+    from raysl.ingest.prepare import prepare
 
     run = RunConfig.model_validate({"data": {"path": tiny_dataset, "pool": [{"path": tiny_dataset, "name": "again"}]}})
     with pytest.raises(UserError, match=r"data.pool.0: .* is already in the pool \(or is the main dataset\)"):

@@ -1,4 +1,4 @@
-"""The encoded-image path (raysl.data.decode): RandomResizedCrop geometry on the original image, decoding
+"""The encoded-image path (raysl.views): RandomResizedCrop geometry on the original image, decoding
 (DCT-domain reduction), views' shapes / order / repeatability, the evaluation transform, the device fallback."""
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop, v2
 
 from raysl.config import CropSpec, ViewsConfig
-from raysl.data import decode as D
+from raysl.views.decode import JPEG_DECODERS, decode, image_size
+from raysl.views.encoded import Geometry, views_from_arrays, views_from_encoded
+from raysl.views.evaluation import eval_box, eval_image, eval_images
+from raysl.views.geometry import crop_boxes, crop_boxes_batch, reduction_for
+from raysl.views.gpu import views_on_device
 
 PLAIN = {"flip": 0.0, "color_jitter": {"prob": 0.0}, "grayscale": 0.0}  # geometry only
 
@@ -56,7 +60,7 @@ def mixed_column() -> list[bytes]:
 @pytest.mark.parametrize("width,height", [(400, 100), (100, 400), (300, 300)])
 def test_crop_boxes_follow_random_resized_crop(width, height):
     spec = CropSpec(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
-    boxes = D.crop_boxes(width, height, spec, 4000, torch.Generator().manual_seed(0)).double()
+    boxes = crop_boxes(width, height, spec, 4000, torch.Generator().manual_seed(0)).double()
     left, top, w, h = boxes.unbind(1)
     assert boxes.shape == (4000, 4) and torch.equal(boxes, boxes.round())
     assert (left >= 0).all() and (top >= 0).all() and (w >= 1).all() and (h >= 1).all()
@@ -91,17 +95,17 @@ def test_crop_boxes_follow_random_resized_crop(width, height):
 
 def test_impossible_crops_fall_back_to_the_clamped_centre_crop():
     spec = CropSpec(scale=(0.9, 1.0), ratio=(3.0, 4.0))  # a wide crop of a tall image never fits
-    boxes = D.crop_boxes(100, 400, spec, 50, torch.Generator().manual_seed(0))
+    boxes = crop_boxes(100, 400, spec, 50, torch.Generator().manual_seed(0))
     assert torch.equal(boxes, torch.tensor([[0.0, (400 - 33) // 2, 100.0, 33.0]]).expand(50, 4))
-    wide = D.crop_boxes(400, 100, CropSpec(scale=(0.9, 1.0), ratio=(0.2, 0.25)), 5, torch.Generator().manual_seed(0))
+    wide = crop_boxes(400, 100, CropSpec(scale=(0.9, 1.0), ratio=(0.2, 0.25)), 5, torch.Generator().manual_seed(0))
     assert torch.equal(wide, torch.tensor([[(400 - 25) // 2, 0.0, 25.0, 100.0]]).expand(5, 4))
 
 
 def test_batched_boxes_are_per_image_and_seeded():
     spec = CropSpec(scale=(0.2, 1.0))
     widths, heights = [400, 100, 300, 37], [100, 400, 300, 512]
-    first = D.crop_boxes_batch(widths, heights, spec, torch.Generator().manual_seed(3))
-    again = D.crop_boxes_batch(torch.tensor(widths), torch.tensor(heights), spec, torch.Generator().manual_seed(3))
+    first = crop_boxes_batch(widths, heights, spec, torch.Generator().manual_seed(3))
+    again = crop_boxes_batch(torch.tensor(widths), torch.tensor(heights), spec, torch.Generator().manual_seed(3))
     assert torch.equal(first, again) and first.shape == (4, 4)
     assert (first[:, 0] + first[:, 2] <= torch.tensor(widths)).all()
     assert (first[:, 1] + first[:, 3] <= torch.tensor(heights)).all()
@@ -110,8 +114,8 @@ def test_batched_boxes_are_per_image_and_seeded():
 def test_reduction_keeps_every_crop_at_least_its_size():
     boxes = torch.tensor([[[0, 0, 500, 400], [0, 0, 300, 300]], [[0, 0, 63, 200], [0, 0, 900, 900]],
                           [[0, 0, 900, 900], [0, 0, 900, 900]]], dtype=torch.float32)
-    assert D.reduction_for(boxes, torch.tensor([64, 64])).tolist() == [4, 1, 8]
-    assert D.reduction_for(boxes, torch.tensor([64, 64]), max_reduction=2).tolist() == [2, 1, 2]
+    assert reduction_for(boxes, torch.tensor([64, 64])).tolist() == [4, 1, 8]
+    assert reduction_for(boxes, torch.tensor([64, 64]), max_reduction=2).tolist() == [2, 1, 2]
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -119,30 +123,30 @@ def test_reduction_keeps_every_crop_at_least_its_size():
 
 @pytest.mark.parametrize("backend", ["pil", "simplejpeg"])
 def test_decode_reduces_jpegs_in_the_dct_domain(backend):
-    if backend not in D.JPEG_DECODERS:
+    if backend not in JPEG_DECODERS:
         pytest.skip(f"{backend} not installed")
     array = smooth_image(960, 640)
     data = encode(array, "JPEG", quality=92)
-    full, scale = D.decode(data, 3, backend=backend)
+    full, scale = decode(data, 3, backend=backend)
     assert scale == 1.0 and np.asarray(full).shape == (640, 960, 3)
-    reduced, scale = D.decode(data, 3, reduce_to=(200, 200), backend=backend)  # 1/4 would be 160 high
+    reduced, scale = decode(data, 3, reduce_to=(200, 200), backend=backend)  # 1/4 would be 160 high
     assert scale == 0.5 and np.asarray(reduced).shape == (320, 480, 3)
-    gray, _ = D.decode(data, 1, reduce_to=(100, 100), backend=backend)
+    gray, _ = decode(data, 1, reduce_to=(100, 100), backend=backend)
     assert np.asarray(gray).reshape(160, 240, -1).shape[2] == 1
     # DCT reduction ~ full decode + a box-filter downscale
     expected = np.asarray(Image.fromarray(np.asarray(full)).reduce(2), np.float32)
     assert np.abs(np.asarray(reduced, np.float32) - expected).mean() < 2.0
-    png, scale = D.decode(encode(array), 3, reduce_to=(10, 10), backend=backend)  # PNG: whole, exact
+    png, scale = decode(encode(array), 3, reduce_to=(10, 10), backend=backend)  # PNG: whole, exact
     assert scale == 1.0 and np.array_equal(np.asarray(png), array)
 
 
 def test_decode_converts_modes():
     rgb = smooth_image(30, 20)
-    gray, _ = D.decode(encode(rgb), 1)
+    gray, _ = decode(encode(rgb), 1)
     assert np.array_equal(np.asarray(gray), np.asarray(Image.fromarray(rgb).convert("L")))
-    as_rgb, _ = D.decode(encode(rgb[..., :1].copy()), 3)
+    as_rgb, _ = decode(encode(rgb[..., :1].copy()), 3)
     assert np.array_equal(np.asarray(as_rgb), np.repeat(rgb[..., :1], 3, axis=2))
-    assert D.image_size(encode(rgb, "JPEG")) == (30, 20) == D.image_size(encode(rgb))
+    assert image_size(encode(rgb, "JPEG")) == (30, 20) == image_size(encode(rgb))
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -155,12 +159,12 @@ def test_views_from_encoded_shapes_dtypes_order(channels):
         "crops": [{"count": 2, "size": 32, "scale": [0.3, 1.0]}, {"count": 1, "size": 16, "scale": [0.05, 0.3]}],
         "blur": {"prob": 0.5},
     })
-    out = D.views_from_encoded(np.array(column, dtype=object), views, torch.Generator().manual_seed(0), channels)
+    out = views_from_encoded(np.array(column, dtype=object), views, torch.Generator().manual_seed(0), channels)
     n = len(column)
     assert [tuple(v.shape) for v in out] == [(n, channels, 32, 32)] * 2 + [(n, channels, 16, 16)]
     assert all(v.dtype == torch.uint8 for v in out)
-    again = D.views_from_encoded(column, views, torch.Generator().manual_seed(0), channels)
-    other = D.views_from_encoded(column, views, torch.Generator().manual_seed(1), channels)
+    again = views_from_encoded(column, views, torch.Generator().manual_seed(0), channels)
+    other = views_from_encoded(column, views, torch.Generator().manual_seed(1), channels)
     assert all(torch.equal(a, b) for a, b in zip(out, again))
     assert not torch.equal(out[0], other[0])
     assert not torch.equal(out[0], out[1])  # two views of a spec differ
@@ -172,21 +176,21 @@ def test_encoded_and_array_paths_share_the_geometry_and_order():
         "crops": [{"count": 1, "size": 24, "scale": [0.3, 1.0]}, {"count": 2, "size": 12, "scale": [0.05, 0.4]}],
         "blur": {"prob": 0.5},
     })
-    from_png = D.views_from_encoded([encode(a) for a in arrays], views, torch.Generator().manual_seed(4), 3)
-    from_arrays = D.views_from_arrays(arrays, views, torch.Generator().manual_seed(4))
-    threaded = D.views_from_arrays(arrays, views, torch.Generator().manual_seed(4), workers=2)
+    from_png = views_from_encoded([encode(a) for a in arrays], views, torch.Generator().manual_seed(4), 3)
+    from_arrays = views_from_arrays(arrays, views, torch.Generator().manual_seed(4))
+    threaded = views_from_arrays(arrays, views, torch.Generator().manual_seed(4), workers=2)
     assert [v.shape[-1] for v in from_png] == [24, 12, 12]
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(from_png, from_arrays, threaded))
-    gray = D.views_from_arrays([a[..., :1].copy() for a in arrays], views, torch.Generator().manual_seed(4))
+    gray = views_from_arrays([a[..., :1].copy() for a in arrays], views, torch.Generator().manual_seed(4))
     assert gray[0].shape == (3, 1, 24, 24)
     with pytest.raises(ValueError):
-        D.views_from_arrays([arrays[0], arrays[1][..., :1].copy()], views, torch.Generator())
+        views_from_arrays([arrays[0], arrays[1][..., :1].copy()], views, torch.Generator())
 
 
 def test_a_whole_square_image_crop_is_the_image_resized():
     array = smooth_image(100, 100)
     views = ViewsConfig.model_validate({"crops": [{"count": 1, "size": 40, "scale": [1.0, 1.0], "ratio": [1.0, 1.0]}], **PLAIN})
-    (view,) = D.views_from_encoded([encode(array)], views, torch.Generator().manual_seed(0), 3)
+    (view,) = views_from_encoded([encode(array)], views, torch.Generator().manual_seed(0), 3)
     expected = F.interpolate(torch.from_numpy(array).permute(2, 0, 1)[None], size=(40, 40), mode="bilinear", antialias=True)
     assert torch.equal(view, expected)
     pil = torch.from_numpy(np.array(Image.fromarray(array).resize((40, 40), Image.Resampling.BILINEAR))).permute(2, 0, 1)
@@ -197,8 +201,8 @@ def test_a_whole_square_image_crop_is_the_image_resized():
 def test_flip_probability_one_mirrors():
     column = mixed_column()
     base = {"crops": [{"count": 2, "size": 20, "scale": [0.2, 1.0]}], **PLAIN}
-    straight = D.views_from_encoded(column, ViewsConfig.model_validate(base), torch.Generator().manual_seed(2), 3)
-    mirrored = D.views_from_encoded(column, ViewsConfig.model_validate({**base, "flip": 1.0}), torch.Generator().manual_seed(2), 3)
+    straight = views_from_encoded(column, ViewsConfig.model_validate(base), torch.Generator().manual_seed(2), 3)
+    mirrored = views_from_encoded(column, ViewsConfig.model_validate({**base, "flip": 1.0}), torch.Generator().manual_seed(2), 3)
     for a, b in zip(straight, mirrored):
         assert torch.equal(a.flip(-1), b)
 
@@ -206,11 +210,11 @@ def test_flip_probability_one_mirrors():
 def test_reduced_decoding_is_close_to_the_full_decode():
     data = [encode(smooth_image(960, 720, seed=s), "JPEG", quality=90) for s in range(3)]
     views = ViewsConfig.model_validate({"crops": [{"count": 2, "size": 64, "scale": [0.4, 1.0]}], **PLAIN})
-    sizes = [D.image_size(d) for d in data]
-    geometry = D._Geometry([w for w, _ in sizes], [h for _, h in sizes], views, torch.Generator().manual_seed(0))
-    assert (D.reduction_for(geometry.boxes, geometry.sizes) >= 4).all()  # these crops are reduced
-    reduced = D.views_from_encoded(data, views, torch.Generator().manual_seed(0), 3)
-    full = D.views_from_encoded(data, views, torch.Generator().manual_seed(0), 3, reduce=False)
+    sizes = [image_size(d) for d in data]
+    geometry = Geometry([w for w, _ in sizes], [h for _, h in sizes], views, torch.Generator().manual_seed(0))
+    assert (reduction_for(geometry.boxes, geometry.sizes) >= 4).all()  # these crops are reduced
+    reduced = views_from_encoded(data, views, torch.Generator().manual_seed(0), 3)
+    full = views_from_encoded(data, views, torch.Generator().manual_seed(0), 3, reduce=False)
     for a, b in zip(reduced, full):
         difference = (a.float() - b.float()).abs()
         assert difference.mean() < 2.5 and difference.quantile(0.99) < 12
@@ -219,15 +223,15 @@ def test_reduced_decoding_is_close_to_the_full_decode():
 def test_photometric_ops_apply_to_encoded_views():
     column = [encode(smooth_image(64, 64, seed=s)) for s in range(16)]
     views = ViewsConfig.model_validate({"crops": [{"count": 1, "size": 24}], "grayscale": 1.0, "color_jitter": {"prob": 0.0}})
-    (view,) = D.views_from_encoded(column, views, torch.Generator().manual_seed(0), 3)
+    (view,) = views_from_encoded(column, views, torch.Generator().manual_seed(0), 3)
     assert torch.equal(view[:, 0], view[:, 1]) and torch.equal(view[:, 1], view[:, 2])
 
 
 def test_views_on_device_falls_back_to_the_cpu_path():
     column = mixed_column()
     views = ViewsConfig.model_validate({"crops": [{"count": 2, "size": 24}], "blur": {"prob": 0.5}})
-    on_cpu = D.views_on_device(column, views, torch.Generator().manual_seed(5), 3, "cpu")
-    expected = D.views_from_encoded(column, views, torch.Generator().manual_seed(5), 3)
+    on_cpu = views_on_device(column, views, torch.Generator().manual_seed(5), 3, "cpu")
+    expected = views_from_encoded(column, views, torch.Generator().manual_seed(5), 3)
     assert all(torch.equal(a, b) for a, b in zip(on_cpu, expected))
 
 
@@ -239,8 +243,8 @@ def test_views_on_the_gpu_match_the_cpu_path():
     column += [encode(smooth_image(90, 60, seed=9)), encode(smooth_image(70, 50, 1, seed=10), "JPEG")]
     views = ViewsConfig.model_validate({"crops": [{"count": 2, "size": 48, "scale": [0.2, 1.0]}], "blur": {"prob": 0.5}})
     for channels in (1, 3):
-        on_gpu = D.views_on_device(column, views, torch.Generator().manual_seed(7), channels, "cuda")
-        on_cpu = D.views_from_encoded(column, views, torch.Generator().manual_seed(7), channels, reduce=False)
+        on_gpu = views_on_device(column, views, torch.Generator().manual_seed(7), channels, "cuda")
+        on_cpu = views_from_encoded(column, views, torch.Generator().manual_seed(7), channels, reduce=False)
         for gpu_view, cpu_view in zip(on_gpu, on_cpu):
             assert gpu_view.device.type == "cuda" and gpu_view.dtype == torch.uint8 and gpu_view.shape == cpu_view.shape
             difference = (gpu_view.cpu().int() - cpu_view.int()).abs()
@@ -263,10 +267,10 @@ def test_eval_image_is_resize_then_centre_crop(width, height):
     array = smooth_image(width, height)
     expected = torchvision_eval(Image.fromarray(array), 224)
     for source in (encode(array), array):
-        out = D.eval_image(source, 224, 3)
+        out = eval_image(source, 224, 3)
         assert out.shape == (224, 224, 3) and out.dtype == np.uint8
         assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
-    gray = D.eval_image(encode(array), 32, 1)
+    gray = eval_image(encode(array), 32, 1)
     expected_gray = torchvision_eval(Image.fromarray(array).convert("L"), 32)
     assert gray.shape == (32, 32, 1) and np.abs(gray.astype(int) - expected_gray.astype(int)).max() <= 1
 
@@ -275,12 +279,12 @@ def test_eval_image_of_a_large_jpeg_uses_draft_and_stays_close():
     array = smooth_image(1200, 800)
     data = encode(array, "JPEG", quality=92)
     expected = torchvision_eval(Image.open(io.BytesIO(data)).convert("RGB"), 224)
-    out = D.eval_image(data, 224, 3)
+    out = eval_image(data, 224, 3)
     difference = np.abs(out.astype(float) - expected.astype(float))
     assert difference.mean() < 2.0 and np.quantile(difference, 0.99) < 10
     column = [data, encode(smooth_image(300, 200)), encode(smooth_image(90, 120, 1), "JPEG")]
-    batch = D.eval_images(column, 64, 3)
+    batch = eval_images(column, 64, 3)
     assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.uint8
-    assert np.array_equal(batch, D.eval_images(np.array(column, dtype=object), 64, 3, workers=2))
-    assert np.array_equal(batch[1], D.eval_image(column[1], 64, 3))
-    assert math.isclose(sum(D.eval_box(300, 200, 224)[2:]), 2 * 224 * 200 / 256)
+    assert np.array_equal(batch, eval_images(np.array(column, dtype=object), 64, 3, workers=2))
+    assert np.array_equal(batch[1], eval_image(column[1], 64, 3))
+    assert math.isclose(sum(eval_box(300, 200, 224)[2:]), 2 * 224 * 200 / 256)

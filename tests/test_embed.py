@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from raysl.config import RunConfig
-from raysl.data.prepare import load_split, read_manifest
-from raysl.data.rows import EvalImages, channels_of, split_labels
+from raysl.ingest.dataset import load_split, read_manifest
+from raysl.data.eval_images import EvalImages
+from raysl.ingest.dataset import channels_of, split_labels
 from raysl.errors import UserError
 from raysl.exporting import export_backbone, load_backbone
-from raysl.storage import read_text
+from raysl.io.storage import read_text
 from raysl.ray_glue.embed import embed
 from raysl.training.loop import Trainer
 

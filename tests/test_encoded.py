@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from raysl.config import RunConfig
-from raysl.data.prepare import read_manifest
+from raysl.ingest.dataset import read_manifest
 from raysl.data.pretraining import plan_pretraining
 from raysl.training.evaluation import load_eval_sets
 from raysl.training.local import streamed_batches, train_in_process
@@ -201,7 +201,7 @@ def test_corruption_samples_and_split_errors_of_an_encoded_dataset(encoded_datas
 
     from raysl.config import CorruptionConfig
     from raysl.data.pretraining import save_corruption_samples
-    from raysl.data.rows import split_tables
+    from raysl.ingest.dataset import split_tables
     from raysl.errors import UserError
 
     target = tmp_path / "samples.png"

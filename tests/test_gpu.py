@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raysl.config import RunConfig
-from raysl.data.views import make_views
+from raysl.views.batch import make_views
 from raysl.training.evaluation import EvalSet
 from raysl.training.loop import Trainer
 

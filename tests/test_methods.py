@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import RunConfig
-from raysl.data.views import make_views
+from raysl.views.batch import make_views
 from raysl.methods import build_method
 from raysl.methods.byol import byol_loss, regression_loss
 from raysl.methods.logo import (

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from raysl.config import RunConfig
 from raysl.data.conditions import to_shape
-from raysl.data.prepare import load_split, read_manifest
-from raysl.data.rows import EvalImages, balanced_rows, load_eval_split
+from raysl.ingest.dataset import load_split, read_manifest
+from raysl.data.eval_images import EvalImages, balanced_rows, load_eval_split
 from raysl.training.evaluation import ArrayImages, EvalSet, load_eval_sets, monitor_metrics
 from raysl.training.loop import Trainer
 from raysl.training.monitor import knn_top1

@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from raysl.config import RunConfig
-from raysl.data.prepare import load_split
+from raysl.ingest.dataset import load_split
 from raysl.data.pretraining import plan_pretraining
 from raysl.ray_glue.train import build_view_dataset, configure_data_context, epochs_per_execution
 

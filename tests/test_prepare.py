@@ -14,8 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raysl.data import prepare as prepare_module
-from raysl.data.prepare import DEFAULT_SOURCES, ensure_prepared, load_split, prepare, read_manifest, split_files
+from raysl.ingest import cache as cache_module
+from raysl.ingest.cache import ensure_prepared
+from raysl.ingest.dataset import load_split, read_manifest, split_files
+from raysl.ingest.prepare import prepare
+from raysl.ingest.write import DEFAULT_SOURCES
 from raysl.errors import UserError
 
 QUIET = {"progress": False, "workers": 2}
@@ -385,7 +388,7 @@ def test_ensure_prepared_prepares_once_then_reuses(idx_dir, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise AssertionError("prepare must not run again")
 
-    monkeypatch.setattr(prepare_module, "prepare", fail)
+    monkeypatch.setattr(cache_module, "prepare", fail)
     assert ensure_prepared("mnist", str(directory), str(cache), image_size=14, log=messages.append) == uri
     assert len(messages) == 2  # reused silently
 
@@ -416,7 +419,7 @@ def test_ensure_prepared_keys_an_image_folder_cache_by_its_storage_mode(tmp_path
     pixels = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)
     assert read_manifest(pixels)["storage"] == "pixels"  # auto: small equal-size images
 
-    from raysl.data import encoded
+    from raysl.ingest import encoded
 
     monkeypatch.setattr(encoded, "choose_folder_mode", lambda *args: ("encoded", "auto: a later rule"))
     stored = ensure_prepared("image-folder", str(root), str(cache), log=lambda message: None)

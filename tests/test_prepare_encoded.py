@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from raysl.cli import build_parser
-from raysl.data.prepare import load_labels, load_split, prepare, read_manifest, split_files
-from raysl.data.synthetic import make_folder
+from raysl.ingest.dataset import load_labels, load_split, read_manifest, split_files
+from raysl.ingest.prepare import prepare
+from raysl.ingest.synthetic import make_folder
 from raysl.errors import UserError
 
 QUIET = {"progress": False, "workers": 2}
@@ -214,7 +215,7 @@ def test_encoded_round_trip_keeps_or_converts(tmp_path):
         values = table.column(name).to_numpy()
         assert manifest["sizes"][name] == [values.min(), int(np.median(values)), values.max()]
     assert manifest["sizes"]["width"] == [10, 40, 512]
-    with pytest.raises(UserError, match="encoded dataset.*raysl.data.decode"):
+    with pytest.raises(UserError, match="encoded dataset.*raysl.views.decode"):
         load_split(str(out), "train")
     assert sorted(load_labels(str(out), "train").tolist()) == sorted(table.column("label").to_pylist())
 
@@ -426,7 +427,7 @@ def test_cli_prepare_encoded(imagenet_like, tmp_path, capsys):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys
-    from raysl.data.prepare import prepare
+    from raysl.ingest.prepare import prepare
     prepare("image-folder", sys.argv[1], sys.argv[2], progress=False, workers=2, shard_rows=100, row_group_rows=32)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from raysl.config import RunConfig
-from raysl.data.views import make_views
+from raysl.views.batch import make_views
 from raysl.training.local import train_in_process
 from raysl.training.loop import CHECKPOINT_FILE, NonFiniteLossError, Trainer
 from raysl.training.optim import warmup_cosine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from raysl.config import ViewsConfig
-from raysl.data.views import crop_and_flip, gaussian_blur, make_views, normalize, to_float
+from raysl.views.batch import crop_and_flip, gaussian_blur, make_views, normalize, to_float
 from raysl.config import CropSpec
 
 
@@ -78,7 +78,7 @@ def test_normalize_uses_the_dataset_statistics():
 def test_the_separable_crop_grid_is_affine_grid():
     import torch.nn.functional as F
 
-    from raysl.data.views import crop_grid
+    from raysl.views.batch import crop_grid
 
     generator = torch.Generator().manual_seed(3)
     scale_x, scale_y = torch.rand(64, generator=generator) * 2 - 1, torch.rand(64, generator=generator)
@@ -92,13 +92,13 @@ def test_the_separable_crop_grid_is_affine_grid():
 
 def _make_views_before_photometric(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> list[torch.Tensor]:
     """make_views as it was before `photometric` was split out of `augment` (copied, frozen)."""
-    from raysl.data.views import _bernoulli, _gray, color_jitter, to_uint8
+    from raysl.views.batch import bernoulli, _gray, color_jitter, to_uint8
 
     def augment(images, spec, views, generator):
         out = crop_and_flip(images, spec, views.flip, generator)
         out = color_jitter(out, views, generator)
         if out.shape[1] == 3 and views.grayscale > 0:
-            gray = _bernoulli(out.shape[0], views.grayscale, generator, out.device).view(-1, 1, 1, 1)
+            gray = bernoulli(out.shape[0], views.grayscale, generator, out.device).view(-1, 1, 1, 1)
             out = torch.where(gray, _gray(out).expand_as(out), out)
         if views.blur.prob > 0:
             out = gaussian_blur(out, views.blur.prob, views.blur.sigma, generator)
@@ -109,7 +109,7 @@ def _make_views_before_photometric(images: torch.Tensor, views: ViewsConfig, gen
 
 
 def test_make_views_is_unchanged_by_the_photometric_split():
-    from raysl.data.views import photometric
+    from raysl.views.batch import photometric
 
     configs = [
         ViewsConfig(),

@@ -18,11 +18,12 @@ import pyarrow as pa
 from raysl.config import CorruptionConfig, RunConfig
 from raysl.data.conditions import pretraining_counts, to_shape
 from raysl.data.corruptions import corrupt, describe, resized_shape, sample_grid_png
-from raysl.data.prepare import load_labels, load_split, read_manifest, split_files
-from raysl.data.shards import DamagedShardError, find_damage, shard_damage
-from raysl.data.rows import channels_of, is_encoded, load_eval_split, split_tables
+from raysl.ingest.dataset import load_labels, load_split, read_manifest, split_files
+from raysl.ingest.shards import DamagedShardError, find_damage, shard_damage
+from raysl.data.eval_images import load_eval_split
+from raysl.ingest.dataset import channels_of, is_encoded, split_tables
 from raysl.errors import UserError
-from raysl.storage import delete_file, read_text, write_bytes, write_text
+from raysl.io.storage import delete_file, read_text, write_bytes, write_text
 
 # Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two
 # datasets' image 0 do not share their noise.
@@ -54,7 +55,7 @@ class PretrainingPlan:
     epoch_images: int
     corruption: CorruptionConfig
     variable: bool = False
-    """The main dataset is encoded: views are cropped from each original image (raysl.data.decode), and
+    """The main dataset is encoded: views are cropped from each original image (raysl.views.encoded), and
     rows reach the view maker one image at a time (`variable_rows`), not as one (N, H, W, C) array."""
     crop_fraction: float = 0.875
     """evaluation.crop_fraction: how an encoded pool dataset's images are brought to a fixed-shape main
@@ -124,7 +125,7 @@ class PretrainingPlan:
         (H, W, C) in the main dataset's channels; a corrupted row is decoded and corrupted (fixed per image)."""
         if not self.selective:
             return list(images)
-        from raysl.data.decode import decode_array
+        from raysl.views.decode import decode_array
 
         out: list[bytes | np.ndarray] = []
         for number, source, rows, index, repeats in self._by_source(len(images), indices, sources):
@@ -214,7 +215,7 @@ def source_pixels(source: PoolSource, column: list[bytes], shape: tuple[int, int
     (the same way it is evaluated)."""
     if not source.encoded:
         return decode_images(column, source.shape)
-    from raysl.data.decode import eval_images
+    from raysl.views.evaluation import eval_images
 
     return to_shape(eval_images(list(column), shape[0], source.channels, crop_fraction), shape)
 

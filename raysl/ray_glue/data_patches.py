@@ -8,7 +8,7 @@ SplitCoordinator actors, which run the executors of the Train datasets, used 387
 the Train workers themselves (benchmarks/sweep_overhead.py). Here an idle step sleeps 10 ms first; a step
 with active tasks is unchanged, and a task can start at most 10 ms later than it would have.
 
-`install()` is idempotent. raysl.data.augment calls it at import, so it runs wherever the view dataset's
+`install()` is idempotent. raysl.ray_glue.augment_actor calls it at import, so it runs wherever the view dataset's
 plan is unpickled (a multi-worker run's SplitCoordinator, a single Train worker running the executor
 itself, a driver iterating it) without a runtime-env hook.
 """

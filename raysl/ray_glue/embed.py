@@ -114,7 +114,7 @@ def _decode(table: pa.Table, **options) -> dict[str, np.ndarray]:
 def _check_out(out: str) -> None:
     import pyarrow.fs as pafs
 
-    from raysl.storage import list_dirs, list_files, open_filesystem
+    from raysl.io.storage import list_dirs, list_files, open_filesystem
 
     filesystem, path = open_filesystem(out)
     kind = filesystem.get_file_info(path).type
@@ -142,7 +142,7 @@ def _rows_written(directory: str) -> dict[str, int]:
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
-    from raysl.storage import open_filesystem
+    from raysl.io.storage import open_filesystem
 
     filesystem, path = open_filesystem(directory)
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:  # nothing written: no rows
@@ -157,9 +157,9 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
     """Embed `split` of the prepared dataset `data` with the backbone of `source` (an export or a checkpoint)
     into `out` (see the module docstring); returns a summary dict: rows written per split, feature_dim, out
     path, seconds (also written to out/embed.json)."""
-    from raysl.data.prepare import read_manifest, split_files
-    from raysl.data.rows import is_encoded, mean_row_bytes
-    from raysl.storage import absolute_path, delete_dir, join_uri, write_text
+    from raysl.ingest.dataset import read_manifest, split_files
+    from raysl.ingest.dataset import is_encoded, mean_row_bytes
+    from raysl.io.storage import absolute_path, delete_dir, join_uri, write_text
     from raysl.training.loop import autocast_dtype
 
     started = time.perf_counter()
@@ -242,7 +242,7 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
                 message = _user_error_in(error)
                 if message is not None:
                     raise UserError(message) from None
-                from raysl.data.shards import DamagedShardError, find_damage
+                from raysl.ingest.shards import DamagedShardError, find_damage
 
                 found = find_damage(data, manifest, splits=tuple(splits))
                 if found:

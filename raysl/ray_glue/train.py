@@ -22,15 +22,15 @@ import ray.train.torch
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.data.augment import AugmentViews, augment_batch
-from raysl.data.prepare import read_manifest
+from raysl.ray_glue.augment_actor import AugmentViews, augment_batch
+from raysl.ingest.dataset import read_manifest
 from raysl.data.pretraining import (
     READ_ERRORS, PretrainingPlan, damage_report, guarded_batches, plan_pretraining, record_damage, recorded_damage,
 )
-from raysl.data.rows import channels_of, mean_row_bytes
-from raysl.data.shards import DamagedShardError
-from raysl.data.views import make_views
-from raysl.storage import read_text, write_text
+from raysl.ingest.dataset import channels_of, mean_row_bytes
+from raysl.ingest.shards import DamagedShardError
+from raysl.views.batch import make_views
+from raysl.io.storage import read_text, write_text
 from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
 from raysl.training.loop import CheckpointError, NonFiniteLossError, Trainer
 
@@ -136,7 +136,7 @@ def _view_batches(shard, batch_size: int, views: ViewsConfig, device: torch.devi
     images, and the views are made here, on the device, by the same view maker the augmentation actors run."""
     buffer = shuffle_buffer(batch_size, augment_batch(views, plan))
     if plan.variable and views.where == "trainer":  # encoded files: decoded here (nvjpeg on a GPU)
-        from raysl.data.decode import views_on_device
+        from raysl.views.gpu import views_on_device
 
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,

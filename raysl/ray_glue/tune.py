@@ -21,7 +21,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 
 from raysl.config import DRIVER_CPUS, ASHAConfig, PBTConfig, SweepConfig, apply_assignment, dump_yaml
 from raysl.data.pretraining import recorded_damage, save_corruption_samples
-from raysl.data.shards import DamagedShardError
+from raysl.ingest.shards import DamagedShardError
 from raysl.errors import UserError
 from raysl.preflight import resolve_pool
 from raysl.ray_glue.in_trial import run_in_trial, trial_resources
@@ -31,7 +31,7 @@ from raysl.ray_glue.train import (
 )
 from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, format_cell, load_experiment, trial_run_dir
 from raysl.report import leaderboard_rows as report_rows
-from raysl.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
+from raysl.io.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
 
 SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in the experiment directory

@@ -31,8 +31,9 @@ from torch import nn
 from raysl.config import EvaluationConfig, RunConfig
 from raysl.data.conditions import budget_indices, budget_name
 from raysl.data.labelsets import LabelSet, resolve_label_set
-from raysl.data.prepare import read_manifest
-from raysl.data.rows import EvalImages, balanced_rows, share_bounds, split_labels
+from raysl.ingest.dataset import read_manifest
+from raysl.data.eval_images import EvalImages, balanced_rows, share_bounds
+from raysl.ingest.dataset import split_labels
 from raysl.errors import UserError
 from raysl.methods.distributed import broadcast_buffers, gather_uneven, rank_and_world_size, sum_over_ranks
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
@@ -321,7 +322,7 @@ def eval_document(run: RunConfig, epoch: int, rows: list[dict[str, Any]], checkp
 def find_checkpoint(uri: str) -> str:
     """The checkpoint directory CHECKPOINT names: a directory holding state.pt, state.pt itself, or a run
     directory holding checkpoint_* directories (the newest is taken)."""
-    from raysl.storage import exists, list_dirs
+    from raysl.io.storage import exists, list_dirs
 
     uri = uri.rstrip("/")
     if uri.endswith("/state.pt") and exists(uri):
@@ -339,7 +340,7 @@ def load_checkpoint(directory: str) -> dict[str, Any]:
     """A checkpoint's state (weights_only: tensors and plain containers, never code) from a local path or URI."""
     import io
 
-    from raysl.storage import read_bytes
+    from raysl.io.storage import read_bytes
 
     data = read_bytes(f"{directory}/state.pt")
     try:

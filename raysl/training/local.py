@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.data.prepare import read_manifest
-from raysl.data.decode import views_of_rows
+from raysl.ingest.dataset import read_manifest
+from raysl.views.encoded import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, guarded_batches, in_memory_epoch_images, plan_pretraining
-from raysl.data.rows import channels_of
-from raysl.data.views import make_views
+from raysl.ingest.dataset import channels_of
+from raysl.views.batch import make_views
 from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
 from raysl.training.loop import Trainer
 
@@ -38,8 +38,8 @@ def streamed_batches(
     """One epoch of view batches (drop_last) of an encoded dataset, read shard by shard (memory: `window`
     batches of encoded rows): shards in a random order, rows shuffled within a window, views cropped from
     each original image as Ray Data's actors do."""
-    from raysl.data.shards import read_table
-    from raysl.storage import open_filesystem
+    from raysl.ingest.shards import read_table
+    from raysl.io.storage import open_filesystem
 
     pending: list = []
     manifests = [read_manifest(source.uri) for source in plan.sources]

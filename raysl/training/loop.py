@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from raysl.config import RunConfig
-from raysl.data.views import normalize
+from raysl.views.batch import normalize
 from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
 from raysl.training.evaluation import EvalSet, FeatureOptions, full_evaluation, monitor_metrics

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysl.data.views import normalize
+from raysl.views.batch import normalize
 
 
 @torch.no_grad()

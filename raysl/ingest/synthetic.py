@@ -10,7 +10,7 @@ learnable either way. Files: 80% JPEG (quality 60-95), 12% PNG, 8% grayscale JPE
 orientation (the pixels stored rotated, as cameras do). ImageNet's layout: OUT/train/<class>/*.JPEG,
 OUT/val/<class>/*.JPEG (PNGs as *.png).
 
-    python -m raysl.data.synthetic OUT --train 2000 --val 500 [--min-side 100 --max-side 500 --seed 0]
+    python -m raysl.ingest.synthetic OUT --train 2000 --val 500 [--min-side 100 --max-side 500 --seed 0]
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def how_to_repair(manifest: dict, uri: str) -> str:
 def check_shards(uri: str, manifest: dict, *, checksum: bool = False, splits: tuple[str, ...] | None = None) -> list[str]:
     """Problems with the shards of `manifest` (at `uri`): missing, or not the recorded size (always checked,
     one metadata call per shard), or (with `checksum`) not the recorded sha256. Empty when all is well."""
-    from raysl.storage import open_filesystem
+    from raysl.io.storage import open_filesystem
 
     entries = manifest.get("files") or {}
     filesystem, root = open_filesystem(uri)
@@ -115,7 +115,7 @@ def read_table(filesystem: pafs.FileSystem, path: str, columns: list[str] | None
 
 def shard_damage(uri: str, manifest: dict, shard: str, columns: list[str] | None = None) -> str:
     """What is wrong with one shard ('' when it is there, matches its manifest entry and reads)."""
-    from raysl.storage import open_filesystem
+    from raysl.io.storage import open_filesystem
 
     filesystem, root = open_filesystem(uri)
     path = f"{root}/{shard}"

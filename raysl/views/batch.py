@@ -30,7 +30,7 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, device
     return (torch.rand(n, generator=generator) * (high - low) + low).to(device)
 
 
-def _bernoulli(n: int, prob: float, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+def bernoulli(n: int, prob: float, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
     return (torch.rand(n, generator=generator) < prob).to(device)
 
 
@@ -48,7 +48,7 @@ def crop_and_flip(
     crop_h = torch.sqrt(area / ratio * width / height).clamp(max=1.0)
     centre_x = (torch.rand(n, generator=generator) * (1 - crop_w) + crop_w / 2) * 2 - 1
     centre_y = (torch.rand(n, generator=generator) * (1 - crop_h) + crop_h / 2) * 2 - 1
-    flip = torch.where(_bernoulli(n, flip_prob, generator), -1.0, 1.0)
+    flip = torch.where(bernoulli(n, flip_prob, generator), -1.0, 1.0)
     grid = crop_grid(crop_w * flip, centre_x, crop_h, centre_y, spec.size).to(images.device)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -99,7 +99,7 @@ def draw_photometric(n: int, channels: int, views: ViewsConfig, generator: torch
     sigma). Drawn on the CPU generator (see _uniform), then on `device`."""
     jitter = views.color_jitter
     draws = {
-        "jitter": _bernoulli(n, jitter.prob, generator, device),
+        "jitter": bernoulli(n, jitter.prob, generator, device),
         "brightness": _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device),
         "contrast": _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device),
     }
@@ -107,9 +107,9 @@ def draw_photometric(n: int, channels: int, views: ViewsConfig, generator: torch
         draws["saturation"] = _uniform(n, 1 - jitter.saturation, 1 + jitter.saturation, generator, device)
         draws["hue"] = _uniform(n, -jitter.hue, jitter.hue, generator, device)
         if views.grayscale > 0:
-            draws["gray"] = _bernoulli(n, views.grayscale, generator, device)
+            draws["gray"] = bernoulli(n, views.grayscale, generator, device)
     if views.blur.prob > 0:
-        draws["blur"] = _bernoulli(n, views.blur.prob, generator)
+        draws["blur"] = bernoulli(n, views.blur.prob, generator)
         draws["sigma"] = _uniform(n, *views.blur.sigma, generator)
     return draws
 
@@ -174,7 +174,7 @@ def _chunks(images: torch.Tensor) -> list[slice]:
 def photometric(images: torch.Tensor, views: ViewsConfig, generator: torch.Generator) -> torch.Tensor:
     """The photometric part of a view, after the crop and flip: colour jitter, then grayscale (3 channels
     only), then blur, each drawn per image from `generator`, for float images (N, C, S, S) in [0, 1] on any
-    device; float in [0, 1], a new tensor. Shared by `make_views` and the encoded-image path (raysl.data.decode).
+    device; float in [0, 1], a new tensor. Shared by `make_views` and the encoded-image path (raysl.views.encoded).
     On the CPU in chunks of PHOTOMETRIC_CHUNK_BYTES (the same values: every op is per image)."""
     draws = draw_photometric(images.shape[0], images.shape[1], views, generator, images.device)
     parts = _chunks(images)
@@ -202,7 +202,7 @@ def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Gene
     n, channels = images.shape[:2]
     jitter = views.color_jitter
     device = images.device
-    draws = {"jitter": _bernoulli(n, jitter.prob, generator, device),
+    draws = {"jitter": bernoulli(n, jitter.prob, generator, device),
              "brightness": _uniform(n, 1 - jitter.brightness, 1 + jitter.brightness, generator, device),
              "contrast": _uniform(n, 1 - jitter.contrast, 1 + jitter.contrast, generator, device)}
     if channels == 3:
@@ -214,7 +214,7 @@ def color_jitter(images: torch.Tensor, views: ViewsConfig, generator: torch.Gene
 def gaussian_blur(images: torch.Tensor, prob: float, sigma: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     """Separable Gaussian blur with a per-image sigma, applied with probability `prob` per image."""
     n = images.shape[0]
-    apply = _bernoulli(n, prob, generator)
+    apply = bernoulli(n, prob, generator)
     sigmas = _uniform(n, *sigma, generator)
     return _blur(images, apply, sigmas, sigma[1])
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from raysl.config import ViewsConfig
-from raysl.data.decode import views_of_rows
+from raysl.views.encoded import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, decode_images
-from raysl.data.views import make_views
+from raysl.views.batch import make_views
 from raysl.ray_glue import data_patches
 
 data_patches.install()  # this module is imported wherever the view dataset's plan is unpickled: see data_patches
@@ -79,7 +79,7 @@ class AugmentViews:
         return {f"view_{index}": view.numpy() for index, view in enumerate(made)}
 
     def _variable(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """An encoded dataset's rows: views cropped from each original image (raysl.data.decode), or with
+        """An encoded dataset's rows: views cropped from each original image (raysl.views.encoded), or with
         views.where: trainer the encoded files themselves, for the Train worker to decode on its device."""
         plan = self.plan
         sources = plan.source_of(batch["path"]) if "path" in batch else None

@@ -8,7 +8,7 @@ or torchvision.io.decode_image; decode L images to RGB (R=G=B) when the manifest
 Which files are kept byte-for-byte: JPEG (and MPO, a multi-picture JPEG), PNG and WebP files in mode RGB or
 L that need no EXIF rotation (orientation tag absent or 1) and whose long side is at most `max_side`. Every
 other decodable file is decoded, turned upright (PIL ImageOps.exif_transpose), converted to L or RGB as the
-fixed-shape path does (CMYK, 16-bit, palettes, alpha dropped, see `raysl.data.sources._to_uint8`), resized
+fixed-shape path does (CMYK, 16-bit, palettes, alpha dropped, see `raysl.ingest.source.to_uint8`), resized
 so that its long side is `max_side` when larger (aspect kept, antialiased Lanczos), and re-encoded: JPEG at
 `quality` for lossy sources (JPEG, WebP), PNG for lossless ones (PNG, BMP, TIFF, GIF, PPM, ...).
 
@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from raysl.data.shards import describe_file
-from raysl.data.sources import _to_uint8
-from raysl.storage import read_path
+from raysl.ingest.shards import describe_file
+from raysl.ingest.source import to_uint8
+from raysl.io.storage import read_path
 
 DEFAULT_MAX_SIDE = 512  # ImageNet's photos are mostly <= 500 px: kept byte-for-byte; larger ones are shrunk
 DEFAULT_QUALITY = 90
@@ -95,7 +95,7 @@ def encode_image(data: bytes, *, max_side: int | None, quality: int) -> Encoded 
             if (image_format in KEEP_FORMATS and image.mode in ("RGB", "L") and orientation not in range(2, 9)
                     and (not max_side or max(width, height) <= max_side) and getattr(image, "n_frames", 1) == 1):
                 return Encoded(data, width, height, image.mode == "L", image.histogram(), False)
-            pixels = _to_uint8(ImageOps.exif_transpose(image))
+            pixels = to_uint8(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         return "UnidentifiedImageError: not a recognised image format"
     except Exception as error:  # PIL reports bad data as OSError, SyntaxError, ValueError, struct.error, ...
@@ -184,7 +184,7 @@ class ShardWriter:
             f"{self.root}/{shard}", SCHEMA, filesystem=self.filesystem,
             compression={"image": "NONE", "width": "SNAPPY", "height": "SNAPPY", "label": "SNAPPY", "index": "SNAPPY"},
             use_dictionary=["label"], write_statistics=["width", "height", "label", "index"],
-            write_page_checksum=True,  # a damaged page fails its CRC when read (raysl.data.shards.locate)
+            write_page_checksum=True,  # a damaged page fails its CRC when read (raysl.ingest.shards.locate)
         )
         self._in_shard_rows = self._in_shard_bytes = 0
 
@@ -340,7 +340,7 @@ def folder_items(plan, source: str, root: str, *, test_fraction: float, seed: in
     """The image folder's candidates as Items in their final order: candidates without a given split are
     split per class (`test_fraction` of each class to test, at least one left in train, seeded), then rows
     are shuffled within each split with `seed` (paths only: nothing is read). Returns (items, counts)."""
-    from raysl.data.sources import _user_path
+    from raysl.ingest.source import user_path
 
     label_of = {name: index for index, name in enumerate(plan.class_names)}
     rng = np.random.default_rng(seed)
@@ -348,7 +348,7 @@ def folder_items(plan, source: str, root: str, *, test_fraction: float, seed: in
     by_class: dict[int, list[Item]] = {}
     for candidate in plan.candidates:
         label = label_of[candidate.class_name] if candidate.class_name is not None else -1
-        item = Item(candidate.split or "train", label, _user_path(source, root, candidate.path), path=candidate.path)
+        item = Item(candidate.split or "train", label, user_path(source, root, candidate.path), path=candidate.path)
         if candidate.split is None:
             by_class.setdefault(label, []).append(item)
         else:

@@ -1,10 +1,7 @@
-"""A prepared split's rows, whatever its storage: fixed-shape pixels (`storage: pixels`, idx / CIFAR /
-`--image-size` folders) or encoded files of any size (`storage: encoded`). Reads go shard by shard through
-raysl.data.shards, so memory is bounded by a shard and a damaged shard names itself.
+"""The evaluation images of a run (kNN bank and queries, probe sets): read on demand from the prepared shards,
+shard by shard, decoded a batch ahead, through the evaluation transform; each rank its contiguous share.
 
-Evaluation images of an encoded dataset are made by the standard evaluation transform (raysl.data.decode.
-eval_images: the short side resized to size / crop_fraction, then a centre crop of size x size; 224 from 256
-at the default 0.875), so the kNN monitor, the probe and `raysl eval` see one fixed shape either way.
+Imports raysl.ingest, raysl.views, raysl.data.conditions.
 """
 
 from __future__ import annotations
@@ -15,48 +12,15 @@ import numpy as np
 import pyarrow as pa
 
 from raysl.data.conditions import to_shape
-from raysl.data.shards import read_table
-from raysl.storage import open_filesystem
-
-
-def is_encoded(manifest: dict) -> bool:
-    return manifest.get("storage") == "encoded"
-
-
-def channels_of(manifest: dict) -> int:
-    """1 (gray) or 3 (RGB): the model's input channels for this dataset."""
-    return int(manifest.get("channels") or manifest["image_shape"][2])
-
-
-def mean_row_bytes(manifest: dict, split: str = "train") -> float | None:
-    """The mean stored bytes of a row of a split, from the manifest's shard entries (None without them)."""
-    entries = [(manifest.get("files") or {}).get(shard) for shard in manifest["splits"][split]["shards"]]
-    if not entries or any(entry is None for entry in entries):
-        return None
-    rows = sum(entry["rows"] for entry in entries)
-    return sum(entry["bytes"] for entry in entries) / rows if rows else None
-
-
-def split_tables(uri: str, manifest: dict, split: str, columns: list[str], limit: int | None = None) -> Iterator[pa.Table]:
-    """The split's shards as Arrow tables of `columns`, in order; with `limit`, only the first `limit` rows."""
-    from raysl.data.prepare import _split_entry
-
-    filesystem, root = open_filesystem(uri)
-    count = 0
-    for shard in _split_entry(manifest, uri, split)["shards"]:
-        if limit is not None and count >= limit:
-            return
-        table = read_table(filesystem, f"{root}/{shard}", columns, uri=uri, shard=shard, manifest=manifest)
-        if limit is not None:
-            table = table.slice(0, limit - count)
-        count += table.num_rows
-        yield table
+from raysl.ingest.dataset import channels_of, is_encoded, shard_row_counts, split_tables
+from raysl.ingest.shards import read_table
+from raysl.io.storage import open_filesystem
 
 
 def eval_pixels(column: Sequence[bytes], shape: Sequence[int], channels: int, crop_fraction: float) -> np.ndarray:
     """An encoded dataset's rows (stored with `channels`) as evaluation images in `shape` (H, W, C): the
     evaluation transform at H (square), then brought to C channels (and to W when H != W) by to_shape."""
-    from raysl.data.decode import eval_images
+    from raysl.views.evaluation import eval_images
 
     height, width, out_channels = (int(size) for size in shape)
     images = eval_images(list(column), height, channels, crop_fraction=crop_fraction, workers=eval_threads())
@@ -84,33 +48,6 @@ def load_eval_split(uri: str, manifest: dict, split: str, shape: Sequence[int], 
     if not images:
         return np.empty((0, *shape), np.uint8), {column: np.empty(0, np.int64) for column in label_columns}
     return np.concatenate(images), {column: np.concatenate(parts) for column, parts in labels.items()}
-
-
-def shard_row_counts(uri: str, manifest: dict, split: str) -> list[tuple[str, int]]:
-    """(shard, rows) of a split's shards in order: from the manifest's file entries, else each shard's footer."""
-    from raysl.data.prepare import _split_entry
-
-    shards = _split_entry(manifest, uri, split)["shards"]
-    files = manifest.get("files") or {}
-    if all(shard in files for shard in shards):
-        return [(shard, int(files[shard]["rows"])) for shard in shards]
-    import pyarrow.parquet as pq
-
-    filesystem, root = open_filesystem(uri)
-    counts = []
-    for shard in shards:
-        with filesystem.open_input_file(f"{root}/{shard}") as handle:
-            counts.append((shard, pq.ParquetFile(handle).metadata.num_rows))
-    return counts
-
-
-def split_labels(uri: str, manifest: dict, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """Label columns (int64) of every row of a split, in stored order, without reading the images."""
-    parts: dict[str, list[np.ndarray]] = {column: [] for column in columns}
-    for table in split_tables(uri, manifest, split, list(columns)):
-        for column in columns:
-            parts[column].append(table.column(column).to_numpy().astype(np.int64))
-    return {column: np.concatenate(chunks) if chunks else np.empty(0, np.int64) for column, chunks in parts.items()}
 
 
 def balanced_rows(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -223,10 +160,10 @@ class EvalImages:
 def eval_rows(column: pa.ChunkedArray | pa.Array, manifest: dict, shape: Sequence[int], crop_fraction: float) -> np.ndarray:
     """Stored image rows as evaluation images uint8 (N, *shape): pixels brought to the shape (to_shape), encoded
     files by the evaluation transform (eval_pixels). The monitor (EvalImages) and `raysl embed` both use it."""
-    from raysl.data.prepare import _pixels
+    from raysl.ingest.dataset import stored_pixels
 
     if isinstance(column, pa.Array):
         column = pa.chunked_array([column])
     if is_encoded(manifest):
         return eval_pixels(column.to_pylist(), shape, channels_of(manifest), crop_fraction)
-    return to_shape(_pixels(column, tuple(manifest["image_shape"])), shape)
+    return to_shape(stored_pixels(column, tuple(manifest["image_shape"])), shape)
