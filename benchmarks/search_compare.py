@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import raysl
-from raysl.report import load_experiment
+from raysl.report.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ASHA = "scheduler={name: asha, grace_period: 1, reduction_factor: 2}"

@@ -158,7 +158,7 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     best_config = best_checkpoint = None
     if outcome.best_params is not None:
         from raysl.config import apply_assignment
-        from raysl.report import trial_run_dir
+        from raysl.report.experiment import trial_run_dir
         from raysl.training.evaluation import find_checkpoint
 
         best_config = apply_assignment(spec.base, outcome.best_params)

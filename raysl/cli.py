@@ -202,7 +202,8 @@ def command_eval(args: argparse.Namespace) -> None:
 
 
 def command_report(args: argparse.Namespace) -> None:
-    from raysl.report import build_comparison, build_report
+    from raysl.report.build import build_report
+    from raysl.report.compare import build_comparison
 
     if len(args.experiment) == 1 and not args.out:
         build_report(args.experiment[0].rstrip("/"), log=_log)

@@ -88,7 +88,7 @@ def best_trial_run(uri: str, log=print) -> str:
     if not rows:
         raise UserError(f"{uri}: a sweep without a scored trial (leaderboard.csv); export one trial's checkpoint instead")
     log(f"{uri}: best trial {rows[0]['trial']} (knn_top1 {rows[0]['knn_top1']})")
-    from raysl.report import trial_run_dir
+    from raysl.report.experiment import trial_run_dir
 
     return trial_run_dir(uri, rows[0]["trial"])
 

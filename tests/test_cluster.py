@@ -23,7 +23,7 @@ import yaml
 
 from raysl.ingest.prepare import prepare
 from raysl.ray_glue.local_cluster import ROLE, LocalCluster
-from raysl.report import trial_run_dir
+from raysl.report.experiment import trial_run_dir
 from conftest import make_idx_source
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import yaml
 
 from raysl.cli import SUBMIT_EXCLUDES, build_parser, submit_command
 from raysl.config import RunConfig
-from raysl.report import error_status
+from raysl.report.experiment import error_status
 from raysl.training.loop import CHECKPOINT_FILE, CheckpointError, Trainer
 
 SMALL = {"model": {"width": 8, "projector_hidden": 32, "projector_out": 16}, "batch_size": 16, "epochs": 2}

@@ -19,7 +19,9 @@ from PIL import Image
 from conftest import moto_s3
 from raysl.config import SweepConfig, dump_yaml, load_sweep_config
 from raysl.errors import UserError
-from raysl.report import ASHA_STOPS, ENDING_FILE, HPARAMS_FILE, build_report, error_status, load_experiment
+from raysl.report.build import build_report
+from raysl.report.experiment import ASHA_STOPS, ENDING_FILE, error_status, load_experiment
+from raysl.report.tensorboard import HPARAMS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "sweeps" / "quickstart.yaml"

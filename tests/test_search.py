@@ -15,7 +15,7 @@ from raysl.cli import main
 from raysl.config import SweepConfig, load_sweep_config
 from raysl.errors import UserError
 from raysl.ray_glue.tune import _search_alg, _to_tune
-from raysl.report import build_report
+from raysl.report.build import build_report
 from tests.test_report import epoch_rows, sweep_dict, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

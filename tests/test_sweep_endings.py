@@ -23,7 +23,7 @@ import yaml
 from raysl.api import warn_job_storage
 from raysl.cli import main
 from raysl.errors import UserError
-from raysl.report import HPARAMS_FILE
+from raysl.report.tensorboard import HPARAMS_FILE
 from tests.test_ray_integration import SMALL_RUN
 from tests.test_report import hparams_of
 

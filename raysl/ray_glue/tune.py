@@ -29,8 +29,10 @@ from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.train import (
     DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
 )
-from raysl.report import ASHA_STOPS, ENDING_FILE, build_report, format_cell, load_experiment, trial_run_dir
-from raysl.report import leaderboard_rows as report_rows
+from raysl.report.build import build_report
+from raysl.report.experiment import ASHA_STOPS, ENDING_FILE, load_experiment, trial_run_dir
+from raysl.report.leaderboard import format_cell
+from raysl.report.leaderboard import leaderboard_rows as report_rows
 from raysl.io.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
 from raysl.training.loop import NonFiniteLossError
 
@@ -270,7 +272,7 @@ class SweepOutcome:
     path: str
     """The experiment directory."""
     rows: list[dict[str, Any]]
-    """The leaderboard (raysl.report.leaderboard_rows): best knn_top1 first."""
+    """The leaderboard (raysl.report.leaderboard.leaderboard_rows): best knn_top1 first."""
     interrupted: bool
     best_params: dict[str, Any] | None
     """The best trial's drawn values (None: no trial scored)."""
