@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import detect_file_kind, load_run_config, load_sweep_config, read_yaml
     from raysl.ingest.dataset import read_manifest
     from raysl.ingest.dataset import channels_of

@@ -113,7 +113,7 @@ def main() -> None:
 
     import ray
 
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
 
     data_uri = resolve_data(run_config(args))
     ray.init(logging_level=logging.WARNING, log_to_driver=False)

@@ -29,7 +29,7 @@ def child(method: str, minutes: float, output: Path) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import load_sweep_config
     from raysl.ingest.dataset import load_split, read_manifest
     from raysl.training.local import in_process_batches, train_in_process

@@ -65,7 +65,7 @@ def peak_mib() -> float:
 
 
 def case_config(case: str, variant: str, image_size: int) -> tuple[dict, str]:
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import load_sweep_config
 
     if case == "fashion-mnist":

@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="variants trained at a time, one thread each")
     args = parser.parse_args()
 
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import apply_assignment, load_sweep_config
 
     base = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml").base

@@ -85,7 +85,7 @@ def main() -> None:
 
     import ray
 
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import load_sweep_config
     from raysl.ingest.dataset import load_split
 

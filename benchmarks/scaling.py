@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import load_sweep_config
 
     base = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml").base

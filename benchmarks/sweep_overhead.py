@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from raysl.cli import main as raysl_main
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import apply_assignment, load_sweep_config
 
     with tempfile.TemporaryDirectory() as storage:

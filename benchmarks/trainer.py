@@ -31,7 +31,7 @@ def main() -> None:
 
     import ray
 
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.config import load_sweep_config
     from raysl.ray_glue.train import build_trainer, configure_data_context
 

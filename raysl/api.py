@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from raysl.config import RunConfig, SweepConfig, config_data, detect_file_kind, load_run_config, load_sweep_config
 from raysl.errors import UserError
-from raysl.preflight import (
-    check_data_conditions, check_gpu, check_packing, check_shards, check_sweep_data, local_node,
-    resolve_data, resolve_pool,
-)
+from raysl.ingest.resolve import resolve_data, resolve_pool
+from raysl.ray_glue.packing import check_packing, local_node
+from raysl.training.preflight import check_data_conditions, check_gpu, check_shards, check_sweep_data
 from raysl.ray_glue.session import cluster_nodes, ray_session
 from raysl.io.storage import absolute_path, is_remote
 

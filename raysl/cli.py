@@ -17,9 +17,8 @@ from raysl.config import (
     KINDS, RunConfig, detect_file_kind, load_run_config, load_sweep_config, read_yaml,
 )
 from raysl.errors import UserError
-from raysl.preflight import (
-    check_evaluation, resolve_data, resolve_pool, validate_init_from, validate_prepared,
-)
+from raysl.ingest.resolve import resolve_data, resolve_pool
+from raysl.training.preflight import check_evaluation, validate_init_from, validate_prepared
 
 INTERRUPTED = 130  # the exit status of a sweep stopped by Ctrl-C (SIGINT), as a shell reports a killed command
 
@@ -63,7 +62,7 @@ def command_validate(args: argparse.Namespace) -> None:
 
 def _validate_packing(sweep, cluster: str | None) -> None:
     """How many trials run at once on the cluster file's node types (--cluster), else on this machine."""
-    from raysl.preflight import check_packing, cluster_file_nodes, local_node
+    from raysl.ray_glue.packing import check_packing, cluster_file_nodes, local_node
 
     if cluster:
         check_packing(sweep, cluster_file_nodes(cluster), cluster, strict=False, log=_log)

@@ -51,7 +51,7 @@ def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
     recorded = state.get("input")
     if isinstance(recorded, dict) and {"channels", "mean", "std"} <= set(recorded):
         return {"channels": int(recorded["channels"]), "mean": list(recorded["mean"]), "std": list(recorded["std"])}
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
     from raysl.ingest.dataset import read_manifest
     from raysl.ingest.dataset import channels_of
 

@@ -225,7 +225,7 @@ def test_relative_paths_are_fixed_where_they_were_written():
 
 
 def test_pool_datasets_are_checked_before_ray(tiny_dataset, tmp_path):
-    from raysl.preflight import check_evaluation
+    from raysl.training.preflight import check_evaluation
     from raysl.ingest.prepare import prepare
 
     run = RunConfig.model_validate({"data": {"path": tiny_dataset, "pool": [{"path": tiny_dataset, "name": "again"}]}})

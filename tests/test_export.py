@@ -110,7 +110,7 @@ def test_init_from_an_export_or_a_checkpoint_with_another_method(tmp_path):
 
 
 def test_init_from_weights_that_do_not_fit_names_the_keys(tmp_path, tiny_dataset):
-    from raysl.preflight import check_init_from
+    from raysl.training.preflight import check_init_from
 
     _, checkpoint = _checkpoint(tmp_path, "small_cnn", 28, 1, width=8)
     run = RunConfig.model_validate({"model": {"width": 16}, "init_from": checkpoint, "data": {"path": tiny_dataset}})

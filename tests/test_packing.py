@@ -10,7 +10,7 @@ import pytest
 
 from raysl.config import SweepConfig
 from raysl.errors import UserError
-from raysl.preflight import NodeShape, check_packing, cluster_file_nodes, trials_at_once
+from raysl.ray_glue.packing import NodeShape, check_packing, cluster_file_nodes, trials_at_once
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -434,7 +434,7 @@ def test_prepare_on_first_use_names_the_final_directory_in_its_summary(idx_dir, 
     .partial-* sibling and renamed: the printed summary line names where the dataset is, not the temporary
     directory (pixels and encoded)."""
     from raysl.config import RunConfig
-    from raysl.preflight import resolve_data
+    from raysl.ingest.resolve import resolve_data
 
     directory, _ = idx_dir
     cache = tmp_path / "cache"

@@ -73,10 +73,10 @@ def ray_session(*, quiet: bool = False, log=print):
 
 
 def cluster_nodes():
-    """The connected Ray cluster's live nodes, as they are now (preflight.NodeShape each)."""
+    """The connected Ray cluster's live nodes, as they are now (packing.NodeShape each)."""
     import ray
 
-    from raysl.preflight import NodeShape
+    from raysl.ray_glue.packing import NodeShape
 
     return [NodeShape(node["NodeManagerAddress"], float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
             for node in ray.nodes() if node.get("Alive")]

@@ -23,7 +23,7 @@ from raysl.config import DRIVER_CPUS, ASHAConfig, PBTConfig, SweepConfig, apply_
 from raysl.data.pretraining import recorded_damage, save_corruption_samples
 from raysl.ingest.shards import DamagedShardError
 from raysl.errors import UserError
-from raysl.preflight import resolve_pool
+from raysl.ingest.resolve import resolve_pool
 from raysl.ray_glue.in_trial import run_in_trial, trial_resources
 from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.train import (
