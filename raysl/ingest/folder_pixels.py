@@ -14,7 +14,16 @@ from PIL import Image, UnidentifiedImageError
 
 from raysl.errors import UserError
 from raysl.ingest.folder import Candidate, plan_image_folder
-from raysl.ingest.source import IMAGE_EXTENSIONS, SourceData, SplitData, as_rgb, map_in_threads, to_uint8, user_path
+from raysl.ingest.source import (
+    IMAGE_EXTENSIONS,
+    SourceData,
+    SplitData,
+    as_rgb,
+    map_in_threads,
+    refuse_skipped,
+    to_uint8,
+    user_path,
+)
 from raysl.io.storage import open_filesystem, read_path
 
 
@@ -59,13 +68,7 @@ def read_image_folder(
         else:
             kept.append((candidate, result))
     skipped.sort(key=lambda entry: entry["path"])
-    if not kept:
-        raise UserError(f"no decodable images under {source}: all {len(candidates)} image files failed, e.g. "
-                        + "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5]))
-    if strict and skipped:
-        raise UserError(f"--strict: {len(skipped)} file(s) under {source} could not be used; nothing was written. "
-                        "Fix or remove them, or rerun without --strict to skip them:\n"
-                        + "\n".join(f"  {entry['path']}: {entry['reason']}" for entry in skipped))
+    refuse_skipped(source, skipped, kept=len(kept), strict=strict)
     if image_size is None:
         _check_one_size(source, root, kept)
     grayscale = all(result.pixels.ndim == 2 for _, result in kept)

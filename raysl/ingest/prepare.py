@@ -15,8 +15,15 @@ from raysl.errors import UserError
 from raysl.ingest import encoded
 from raysl.ingest.dataset import ENCODED_KINDS, FORMAT_VERSION, KINDS, MODES
 from raysl.ingest.folder import plan_image_folder
-from raysl.ingest.source import IMAGE_EXTENSIONS
-from raysl.ingest.write import build_manifest, reset_dataset_dir, read_source, resolve_source, write_manifest, write_pixel_shards
+from raysl.ingest.source import IMAGE_EXTENSIONS, refuse_skipped
+from raysl.ingest.write import (
+    build_manifest,
+    read_source,
+    reset_dataset_dir,
+    resolve_source,
+    write_manifest,
+    write_pixel_shards,
+)
 from raysl.io.storage import open_filesystem
 
 DEFAULT_MAX_SIDE = encoded.DEFAULT_MAX_SIDE
@@ -148,9 +155,7 @@ def _prepare_encoded(
         if total == 0:
             raise UserError(f"{kind}: no rows with images in {source}; nothing was written. Check SRC")
     if strict and skipped:
-        raise UserError(f"--strict: {len(skipped)} file(s) under {source} could not be used; nothing was written. "
-                        "Fix or remove them, or rerun without --strict to skip them:\n"
-                        + "\n".join(f"  {entry['path']}: {entry['reason']}" for entry in skipped))
+        refuse_skipped(source, skipped, kept=total, strict=strict)
     splits = ("train",) if is_unlabeled else ("train", "test")
     filesystem, path = open_filesystem(out)
     reset_dataset_dir(filesystem, path)
@@ -164,13 +169,7 @@ def _prepare_encoded(
         for split in splits:  # shards of a failed run: not a dataset (there is no manifest either)
             if filesystem.get_file_info(f"{path}/{split}").type == pafs.FileType.Directory:
                 filesystem.delete_dir(f"{path}/{split}")
-    if result.kept == 0:
-        raise UserError(f"no decodable images in {source}: all {len(skipped)} failed, e.g. "
-                        + "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5]))
-    if strict and skipped:
-        raise UserError(f"--strict: {len(skipped)} file(s) under {source} could not be used; no dataset was "
-                        "written. Fix or remove them, or rerun without --strict to skip them:\n"
-                        + "\n".join(f"  {entry['path']}: {entry['reason']}" for entry in skipped[:50]))
+    refuse_skipped(source, skipped, kept=result.kept, strict=strict, written="no dataset was written")
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": kind,

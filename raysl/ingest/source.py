@@ -119,3 +119,18 @@ def map_in_threads(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as executor:
         return list(tqdm(executor.map(function, items), total=len(items), desc=description, unit="img",
                          disable=not progress))
+
+
+def refuse_skipped(source: str, skipped: list[dict[str, str]], *, kept: int, strict: bool,
+                   written: str = "nothing was written") -> None:
+    """The errors every reader raises on files it could not use (each {"path", "reason"}, by path): none kept
+    at all, or any skipped under --strict (the first 50 listed)."""
+    from raysl.errors import UserError
+
+    if not kept:
+        raise UserError(f"no decodable images under {source}: all {len(skipped)} image files failed, e.g. "
+                        + "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5]))
+    if strict and skipped:
+        raise UserError(f"--strict: {len(skipped)} file(s) under {source} could not be used; {written}. "
+                        "Fix or remove them, or rerun without --strict to skip them:\n"
+                        + "\n".join(f"  {entry['path']}: {entry['reason']}" for entry in skipped[:50]))

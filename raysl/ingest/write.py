@@ -18,6 +18,7 @@ from raysl.errors import UserError
 from raysl.ingest.cifar import read_cifar_source
 from raysl.ingest.dataset import ENCODED_KINDS, FORMAT_VERSION, MANIFEST_NAME
 from raysl.ingest.download import default_download_dir, download_source
+from raysl.ingest.encoded import histogram_stats
 from raysl.ingest.folder_pixels import read_image_folder
 from raysl.ingest.idx import read_idx_source
 from raysl.ingest.shards import describe_file
@@ -131,11 +132,7 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
         chunk = images[start:start + ROWS_PER_SHARD]
         for channel in range(channels):
             histograms[channel] += np.bincount(chunk[..., channel].ravel(), minlength=256)
-    values = np.arange(256) / 255.0
-    totals = np.maximum(histograms.sum(axis=1), 1)
-    mean = histograms @ values / totals
-    variance = histograms @ values**2 / totals - mean**2
-    return [float(m) for m in mean], [float(s) for s in np.sqrt(np.maximum(variance, 0.0))]
+    return histogram_stats(histograms)
 
 
 def _rows_per_shard(image_shape: tuple[int, ...]) -> int:
