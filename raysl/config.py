@@ -1139,6 +1139,14 @@ def legacy_stem(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def validated_run(data: dict[str, Any], heading: str) -> RunConfig:
+    """RunConfig.model_validate(data); an invalid one is a UserError: `heading`, then a line per invalid field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(f"{heading}\n{_validation_message(error)}") from None
+
+
 def rung_notes(sweep: SweepConfig) -> list[str]:
     """A note when ASHA's rungs (grace_period x reduction_factor^k up to the last epoch) fall on epochs where the
     kNN monitor does not run (evaluation.every > 1): there ASHA compares the last measured figure (or NaN)."""

@@ -24,6 +24,7 @@ from raysl.data.views import normalize
 from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
 from raysl.storage import write_text
+from raysl.training.checkpoint import initialise_from
 from raysl.training.evaluation import EvalSet, FeatureOptions, eval_document, flat_metrics, full_evaluation, monitor_metrics
 from raysl.training.monitor import embedding_std
 
@@ -75,8 +76,6 @@ class Trainer:
         torch.manual_seed(run.seed)  # the same initial weights on every rank
         self.method = build_method(run, in_channels)
         if run.init_from:  # weights only; a resumed run's checkpoint (load) replaces them
-            from raysl.exporting import initialise_from
-
             initialise_from(self.method, run.init_from)
         self.method = self.method.to(self.device)
         if run.channels_last:
