@@ -43,6 +43,18 @@ NONFINITE_MARKER = "nonfinite.txt"
 DAMAGED_MARKER = "damaged_shard.txt"
 
 
+def raise_recorded_failure(run_dir: str, *, naming_marker: bool = False) -> None:
+    """Raise what an earlier attempt of the run at `run_dir` recorded, so a retry stops at once: its non-finite loss
+    (NonFiniteLossError), or a damaged shard that is still damaged (DamagedShardError); nothing when neither.
+    `naming_marker`: the message also says where it was recorded and that it is not retried."""
+    marker = f"{run_dir}/{NONFINITE_MARKER}"
+    if earlier := read_text(marker):
+        raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)" if naming_marker else earlier) from None
+    marker = f"{run_dir}/{DAMAGED_MARKER}"
+    if earlier := recorded_damage(marker):
+        raise DamagedShardError(f"{earlier} (recorded in {marker}; not retried)" if naming_marker else earlier) from None
+
+
 def configure_data_context(run: RunConfig | None = None) -> None:
     """Set the driver's DataContext (TorchTrainer copies it when constructed, so call this first).
 
@@ -206,14 +218,8 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession) -> None:
         git_commit=loop_config.get("git_commit", "unknown"),
     )
     label = loop_config.get("label", "run")
-    marker = f"{loop_config['run_dir']}/{NONFINITE_MARKER}"
-    earlier = read_text(marker)
-    if earlier:
-        raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)")
+    raise_recorded_failure(loop_config["run_dir"], naming_marker=True)
     damaged_marker = f"{loop_config['run_dir']}/{DAMAGED_MARKER}"
-    damaged = recorded_damage(damaged_marker)
-    if damaged:
-        raise DamagedShardError(f"{damaged} (recorded in {damaged_marker}; not retried)")
     checkpoint = session.checkpoint
     resumed_from = None
     if checkpoint:
