@@ -19,8 +19,8 @@ def __getattr__(name: str):
 
 
 def load_backbone(path: str):
-    """The backbone of a `raysl export` directory or of a checkpoint, in eval mode (raysl.exporting.load_backbone)."""
-    from raysl.exporting import load_backbone as load
+    """The backbone of a `raysl export` directory or of a checkpoint, in eval mode (raysl.training.checkpoint.load_backbone)."""
+    from raysl.training.checkpoint import load_backbone as load
 
     return load(path)
 

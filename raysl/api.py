@@ -158,7 +158,7 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     if outcome.best_params is not None:
         from raysl.config import apply_assignment
         from raysl.report.experiment import trial_run_dir
-        from raysl.training.evaluation import find_checkpoint
+        from raysl.training.checkpoint import find_checkpoint
 
         best_config = apply_assignment(spec.base, outcome.best_params)
         try:
@@ -195,7 +195,7 @@ def train(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
           local: bool = False, verify_data: bool = False, log=print) -> TrainResult:
     """One pretraining run of a run file, dict or RunConfig through Ray Train (with `local`: in this process,
     without Ray, for debugging). A run of the same name and storage_path resumes from its newest checkpoint."""
-    from raysl.training.evaluation import find_checkpoint
+    from raysl.training.checkpoint import find_checkpoint
 
     _kind_check(config, "run")
     run = load_run_config(config, list(overrides), smoke=smoke).with_absolute_paths(os.getcwd())

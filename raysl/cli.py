@@ -13,9 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raysl.config import (
-    KINDS, RunConfig, detect_file_kind, load_run_config, load_sweep_config, read_yaml,
-)
+from raysl.config import KINDS, detect_file_kind, load_run_config, load_sweep_config, read_yaml
 from raysl.errors import UserError
 from raysl.ingest.resolve import resolve_data, resolve_pool
 from raysl.training.preflight import check_evaluation, validate_init_from, validate_prepared
@@ -155,32 +153,28 @@ EVAL_OVERRIDABLE = ("evaluation", "data.path", "data.cache_dir", "data.source", 
 def command_eval(args: argparse.Namespace) -> None:
     """kNN top-1/top-5 and a linear probe of a checkpoint, per label set, budget and pool dataset -> eval.json."""
     import torch
-    from pydantic import ValidationError
 
-    from raysl.config import legacy_stem, parse_overrides, set_dotted, validation_message
+    from raysl.config import parse_overrides, set_dotted
     from raysl.ingest.dataset import read_manifest
     from raysl.ingest.dataset import channels_of
     from raysl.methods import build_method
     from raysl.io.storage import write_text
-    from raysl.training.evaluation import (
-        FeatureOptions, eval_document, find_checkpoint, full_evaluation, load_checkpoint, load_eval_sets,
-    )
+    from raysl.training.checkpoint import find_checkpoint, load_checkpoint, run_config_of_checkpoint
+    from raysl.training.evaluation import FeatureOptions, eval_document, full_evaluation, load_eval_sets
     from raysl.training.loop import autocast_dtype
 
     directory = find_checkpoint(args.checkpoint)
     state = load_checkpoint(directory)
-    data = state.get("config")
-    if not isinstance(data, dict) or "method" not in state:
-        raise UserError(f"{directory}/state.pt is not a raysl checkpoint (no config or method weights)")
-    legacy_stem(data)
-    for key, value in parse_overrides(args.set):
-        if not key.startswith(EVAL_OVERRIDABLE):
-            raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")
-        set_dotted(data, key, value, source=f"--set {key}")
-    try:
-        run = RunConfig.model_validate(data).with_absolute_paths(os.getcwd())
-    except ValidationError as error:
-        raise UserError(f"{directory}: the checkpoint's config with --set is invalid\n{validation_message(error)}") from None
+
+    def apply_sets(data: dict) -> None:
+        for key, value in parse_overrides(args.set):
+            if not key.startswith(EVAL_OVERRIDABLE):
+                raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")
+            set_dotted(data, key, value, source=f"--set {key}")
+
+    run = run_config_of_checkpoint(state, f"{directory}/state.pt", edit=apply_sets,
+                                   invalid=f"{directory}: the checkpoint's config with --set is invalid")
+    run = run.with_absolute_paths(os.getcwd())
     data_uri, pool_uris = resolve_data(run), resolve_pool(run)
     check_evaluation(run, data_uri, pool_uris)
     manifest = read_manifest(data_uri)

@@ -58,23 +58,10 @@ class EmbedSource:
         return feature_width(self.backbone)
 
 
-def _run_of(config: Any, where: str):
-    from pydantic import ValidationError
-
-    from raysl.config import RunConfig, legacy_stem, validation_message
-
-    if not isinstance(config, dict):
-        raise UserError(f"{where}: no run config recorded")
-    try:
-        return RunConfig.model_validate(legacy_stem(json.loads(json.dumps(config))))
-    except ValidationError as error:
-        raise UserError(f"{where}: its recorded run config is not valid for this raysl\n{validation_message(error)}") from None
-
-
 def _loaded(path: str, state: dict | None = None):
-    """raysl.exporting.load_backbone (or, given the checkpoint's loaded `state`, backbone_of_state), with a file
-    it cannot read or weights that do not fit made a UserError naming `path`."""
-    from raysl.exporting import backbone_of_state, load_backbone
+    """raysl.training.checkpoint.load_backbone (or, given the checkpoint's loaded `state`, backbone_of_state), with a
+    file it cannot read or weights that do not fit made a UserError naming `path`."""
+    from raysl.training.checkpoint import backbone_of_state, load_backbone
 
     try:
         return load_backbone(path) if state is None else backbone_of_state(state, f"{path}/state.pt")
@@ -88,9 +75,12 @@ def _loaded(path: str, state: dict | None = None):
 def open_source(path: str, log=print) -> EmbedSource:
     """The backbone of `path` (an export or a checkpoint) with its input normalisation and run config; a
     UserError naming `path` when it is neither, or cannot be loaded."""
-    from raysl.exporting import MODEL_FILE, STATE_FILE, _input_of, _run_and_method, best_trial_run
+    from raysl.exporting import best_trial_run
     from raysl.io.storage import absolute_path, exists, is_remote
-    from raysl.training.evaluation import find_checkpoint, load_checkpoint
+    from raysl.training.checkpoint import (
+        MODEL_FILE, STATE_FILE, checkpoint_input, find_checkpoint, load_checkpoint, recorded_run_config,
+        run_config_of_checkpoint,
+    )
 
     given = absolute_path(str(path).rstrip("/") or str(path))
     local = given if not is_remote(given) else ""
@@ -107,7 +97,7 @@ def open_source(path: str, log=print) -> EmbedSource:
             raise UserError(f"{where} is not a raysl export's model.json (no input channels / mean / std / size)")
         if not os.path.isfile(os.path.join(local, STATE_FILE)):
             raise UserError(f"{given}: {STATE_FILE} missing next to model.json; export the checkpoint again")
-        run = _run_of(document.get("config"), where)
+        run = recorded_run_config(document.get("config"), where)
         backbone = _loaded(local)
         knn = {key: document.get(key) for key in ("knn_top1", "knn_epoch", "knn_protocol")}
         return EmbedSource(str(path), local, "export", backbone, int(inputs["channels"]), list(inputs["mean"]),
@@ -122,8 +112,8 @@ def open_source(path: str, log=print) -> EmbedSource:
                         f"(state.pt, or checkpoint_* directories holding one)") from None
     where = f"{directory}/state.pt"
     state = load_checkpoint(directory)
-    run, _, _ = _run_and_method(state, where)
-    inputs = _input_of(state, run, where)
+    run = run_config_of_checkpoint(state, where)
+    inputs = checkpoint_input(state, run, where)
     backbone = _loaded(directory, state)
     monitored = state.get("monitored") or {}
     knn = {"knn_top1": monitored.get("knn_top1"),

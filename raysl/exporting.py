@@ -24,42 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from raysl.errors import UserError
+# The files of an export, and its reader (raysl.exporting.load_backbone, as before: it lives with the checkpoint readers)
+from raysl.training.checkpoint import MODEL_FILE, STATE_FILE, load_backbone  # noqa: F401
 
-STATE_FILE = "backbone.pt"
-MODEL_FILE = "model.json"
 TORCHSCRIPT_FILE = "backbone.torchscript.pt"
 ONNX_FILE = "backbone.onnx"
 FORMATS = ("state_dict", "torchscript", "onnx")
-
-
-def _run_and_method(state: dict[str, Any], where: str):
-    from raysl.config import RunConfig, legacy_stem
-    from raysl.methods import backbone_config, build_method
-
-    config = state.get("config")
-    if not isinstance(config, dict) or "method" not in state:
-        raise UserError(f"{where}: not a raysl checkpoint (no config or method weights)")
-    run = RunConfig.model_validate(legacy_stem(json.loads(json.dumps(config))))
-    return run, backbone_config(run), build_method
-
-
-def _input_of(state: dict[str, Any], run, where: str) -> dict[str, Any]:
-    """channels / mean / std: from the checkpoint (written since export existed), else the dataset's manifest."""
-    recorded = state.get("input")
-    if isinstance(recorded, dict) and {"channels", "mean", "std"} <= set(recorded):
-        return {"channels": int(recorded["channels"]), "mean": list(recorded["mean"]), "std": list(recorded["std"])}
-    from raysl.ingest.resolve import resolve_data
-    from raysl.ingest.dataset import read_manifest
-    from raysl.ingest.dataset import channels_of
-
-    try:
-        manifest = read_manifest(resolve_data(run))
-    except UserError as error:
-        raise UserError(f"{where} predates recorded input statistics and its dataset cannot be read ({error})") from None
-    return {"channels": channels_of(manifest), "mean": manifest["mean"], "std": manifest["std"]}
 
 
 def _onnxruntime():
@@ -97,7 +69,8 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     """Write `checkpoint`'s backbone (a checkpoint directory, its state.pt, a run directory: its newest
     checkpoint, or a sweep's experiment directory: its best trial's) to the directory `out` in `formats`;
     returns model.json's content."""
-    from raysl.training.evaluation import find_checkpoint, load_checkpoint
+    from raysl.methods import backbone_config, build_method
+    from raysl.training.checkpoint import checkpoint_input, find_checkpoint, load_checkpoint, run_config_of_checkpoint
 
     unknown = [name for name in formats if name not in FORMATS]
     if unknown:
@@ -105,8 +78,9 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     onnxruntime = _onnxruntime() if "onnx" in formats else None
     directory = find_checkpoint(best_trial_run(checkpoint, log))
     state = load_checkpoint(directory)
-    run, model_config, build_method = _run_and_method(state, f"{directory}/state.pt")
-    inputs = _input_of(state, run, f"{directory}/state.pt")
+    run = run_config_of_checkpoint(state, f"{directory}/state.pt")
+    model_config = backbone_config(run)
+    inputs = checkpoint_input(state, run, f"{directory}/state.pt")
     method = build_method(run, inputs["channels"])
     try:
         method.load_state_dict(state["method"])
@@ -175,64 +149,3 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     log(f"exported {run.model.backbone} ({document['feature_dim']}-d features, epoch {document['epoch']}) from "
         f"{directory} -> {target}")
     return document
-
-
-def load_backbone(path: str) -> nn.Module:
-    """The backbone of an export directory (model.json + backbone.pt) or of a checkpoint (directory, state.pt
-    or run directory), in eval mode, on CPU. Its `out_dim` is the feature width; inputs as model.json says."""
-    from raysl.config import ModelConfig
-    from raysl.models import build_backbone
-
-    directory = Path(os.path.expanduser(path))
-    if (directory / MODEL_FILE).exists():
-        document = json.loads((directory / MODEL_FILE).read_text())
-        extra = document.get("small_cnn") or {}
-        config = ModelConfig(backbone=document["backbone"], stem=document.get("stem") or "auto", **extra)
-        backbone = build_backbone(config, document["input"]["channels"], document["input"]["size"])
-        weights = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-        backbone.load_state_dict(weights)
-        return backbone.eval()
-    from raysl.training.evaluation import find_checkpoint, load_checkpoint
-
-    checkpoint = find_checkpoint(str(path))
-    return backbone_of_state(load_checkpoint(checkpoint), f"{checkpoint}/state.pt")
-
-
-def backbone_of_state(state: dict, where: str) -> nn.Module:
-    """The backbone of a checkpoint's loaded state (`where`: its state.pt, for errors), in eval mode, on CPU."""
-    run, _, build_method = _run_and_method(state, where)
-    method = build_method(run, _input_of(state, run, where)["channels"])
-    method.load_state_dict(state["method"])
-    return method.backbone.eval()
-
-
-def fitting_weights(backbone: nn.Module, path: str) -> dict[str, torch.Tensor]:
-    """The backbone weights of `path` (an export or a checkpoint) when they fit `backbone` key for key and shape for
-    shape (`backbone` may be on the meta device: only its names and shapes are read); otherwise a UserError naming
-    the missing, unexpected and differently shaped keys."""
-    source = load_backbone(path).state_dict()
-    target = backbone.state_dict()
-    missing = [key for key in target if key not in source]
-    unexpected = [key for key in source if key not in target]
-    shapes = [f"{key} {tuple(source[key].shape)} -> {tuple(target[key].shape)}" for key in target
-              if key in source and source[key].shape != target[key].shape]
-    if missing or unexpected or shapes:
-        def listed(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
-
-        raise UserError(f"init_from {path}: its backbone does not fit model.backbone {backbone.__class__.__name__}: "
-                        f"missing {listed(missing)}; unexpected {listed(unexpected)}; shapes differ: {listed(shapes)} "
-                        f"(the same backbone, stem and channels are needed)")
-    return source
-
-
-def initialise_from(method: nn.Module, path: str) -> None:
-    """Load the backbone weights of `path` (an export or a checkpoint) into `method`'s backbone, strictly
-    (fitting_weights). Momentum encoders (MoCo's key encoder, BYOL's target) are reset to copies of the online
-    network."""
-    method.backbone.load_state_dict(fitting_weights(method.backbone, path))
-    for owner in method.modules():
-        for name in ("key_encoder", "target"):
-            encoder = getattr(owner, name, None)
-            if isinstance(encoder, nn.Module) and hasattr(owner, "projector"):
-                encoder.load_state_dict(nn.Sequential(owner.backbone, owner.projector).state_dict())

@@ -23,6 +23,7 @@ from raysl.config.loading import (
     load_run_config,
     load_sweep_config,
     read_yaml,
+    validated_run,
 )
 from raysl.config.model import (
     METHOD_CONFIGS,
@@ -71,4 +72,4 @@ from raysl.config.training import (
     ViewsConfig,
 )
 
-__all__ = ['ASHAConfig', 'BYOLConfig', 'BlurConfig', 'Budget', 'ColorJitterConfig', 'CorruptionConfig', 'CropSpec', 'DRIVER_CPUS', 'DataConfig', 'DatasetKind', 'EPOCH_METRICS', 'EvaluationConfig', 'FIFOConfig', 'FINAL_METRIC', 'Fraction', 'KINDS', 'LoGoMoCoConfig', 'LoGoSimSiamConfig', 'MAX_COMBINATIONS', 'METHOD_CONFIGS', 'MethodConfig', 'MoCoConfig', 'ModelConfig', 'Momentum', 'NOT_SEARCHABLE', 'NodeLabels', 'OptimizerConfig', 'PBTConfig', 'PBT_MUTABLE', 'PoolDataset', 'Positive', 'ProbeConfig', 'ResourcesConfig', 'RunConfig', 'SMOKE_RUN', 'ScheduleConfig', 'SchedulerConfig', 'Schema', 'SearchDistribution', 'SimCLRConfig', 'SimSiamConfig', 'SubsetConfig', 'SweepConfig', 'Temperature', 'ViewsConfig', 'WMSEConfig', 'apply_assignment', 'check_search_space', 'config_data', 'detect_file_kind', 'dump_yaml', 'field_paths', 'legacy_stem', 'load_run_config', 'load_sweep_config', 'lookup', 'parse_overrides', 'read_yaml', 'rung_notes', 'set_dotted', 'validation_message']
+__all__ = ['ASHAConfig', 'BYOLConfig', 'BlurConfig', 'Budget', 'ColorJitterConfig', 'CorruptionConfig', 'CropSpec', 'DRIVER_CPUS', 'DataConfig', 'DatasetKind', 'EPOCH_METRICS', 'EvaluationConfig', 'FIFOConfig', 'FINAL_METRIC', 'Fraction', 'KINDS', 'LoGoMoCoConfig', 'LoGoSimSiamConfig', 'MAX_COMBINATIONS', 'METHOD_CONFIGS', 'MethodConfig', 'MoCoConfig', 'ModelConfig', 'Momentum', 'NOT_SEARCHABLE', 'NodeLabels', 'OptimizerConfig', 'PBTConfig', 'PBT_MUTABLE', 'PoolDataset', 'Positive', 'ProbeConfig', 'ResourcesConfig', 'RunConfig', 'SMOKE_RUN', 'ScheduleConfig', 'SchedulerConfig', 'Schema', 'SearchDistribution', 'SimCLRConfig', 'SimSiamConfig', 'SubsetConfig', 'SweepConfig', 'Temperature', 'ViewsConfig', 'WMSEConfig', 'apply_assignment', 'check_search_space', 'config_data', 'detect_file_kind', 'dump_yaml', 'field_paths', 'legacy_stem', 'load_run_config', 'load_sweep_config', 'lookup', 'parse_overrides', 'read_yaml', 'validated_run', 'rung_notes', 'set_dotted', 'validation_message']

@@ -142,6 +142,14 @@ def legacy_stem(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def validated_run(data: dict[str, Any], heading: str) -> RunConfig:
+    """RunConfig.model_validate(data); an invalid one is a UserError: `heading`, then a line per invalid field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(f"{heading}\n{validation_message(error)}") from None
+
+
 def dump_yaml(model: BaseModel) -> str:
     return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)
 

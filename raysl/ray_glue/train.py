@@ -1,6 +1,7 @@
 """Ray Data + Ray Train glue: the view dataset, the per-worker loop, and the TorchTrainer that runs it.
 
-Everything Ray-specific about one pretraining run lives here; the loop itself is raysl.training.loop.
+Everything Ray-specific about one pretraining run lives here; the loop itself is raysl.training.loop (run_epochs,
+which `raysl train --local` runs too, with RayEpochs here saying what differs).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from raysl.ingest.dataset import channels_of, mean_row_bytes
 from raysl.ingest.shards import DamagedShardError
 from raysl.views.batch import make_views
 from raysl.io.storage import read_text, write_text
-from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
-from raysl.training.loop import CheckpointError, NonFiniteLossError, Trainer
+from raysl.training.evaluation import load_eval_sets
+from raysl.training.loop import CheckpointError, EpochSession, NonFiniteLossError, Trainer, epoch_line, run_epochs
 
 # Written next to a run's checkpoints when its loss went non-finite: a restarted run (Train's or Tune's
 # retry) stops at once with the same message instead of training into the same NaN again.
@@ -40,7 +41,18 @@ NONFINITE_MARKER = "nonfinite.txt"
 # Written there when a read failed on a damaged shard: retries would read the same bytes, so a restarted
 # run stops at once with the message that names the shard.
 DAMAGED_MARKER = "damaged_shard.txt"
-EVAL_FILE = "eval.json"  # the full evaluation's results, inside the checkpoint directory they score
+
+
+def raise_recorded_failure(run_dir: str, *, naming_marker: bool = False) -> None:
+    """Raise what an earlier attempt of the run at `run_dir` recorded, so a retry stops at once: its non-finite loss
+    (NonFiniteLossError), or a damaged shard that is still damaged (DamagedShardError); nothing when neither.
+    `naming_marker`: the message also says where it was recorded and that it is not retried."""
+    marker = f"{run_dir}/{NONFINITE_MARKER}"
+    if earlier := read_text(marker):
+        raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)" if naming_marker else earlier) from None
+    marker = f"{run_dir}/{DAMAGED_MARKER}"
+    if earlier := recorded_damage(marker):
+        raise DamagedShardError(f"{earlier} (recorded in {marker}; not retried)" if naming_marker else earlier) from None
 
 
 def configure_data_context(run: RunConfig | None = None) -> None:
@@ -186,11 +198,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def train_loop(loop_config: dict[str, Any], session: LoopSession) -> None:
-    """Build the Trainer, resume from the latest checkpoint, then per epoch train on this worker's batches,
-    evaluate (every rank its share), and report metrics with a checkpoint (rank 0 writes it)."""
+    """Build the Trainer, resume from the latest checkpoint, then run the epochs (raysl.training.loop.run_epochs):
+    per epoch train on this worker's batches, evaluate (every rank its share), and report metrics with a checkpoint
+    (rank 0 writes it)."""
     run = RunConfig.model_validate(loop_config["run"])
     data_uri, pool_uris = loop_config["data_uri"], loop_config.get("pool_uris", [])
-    rank, world_size, device = session.rank, session.world_size, session.device
+    rank = session.rank
     torch.set_num_threads(run.resources.torch_threads or max(1, math.ceil(run.resources.cpus_per_worker)))
     manifest = read_manifest(data_uri)
     steps_per_epoch = loop_config["epoch_images"] // run.batch_size
@@ -200,88 +213,87 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession) -> None:
         mean=manifest["mean"],
         std=manifest["std"],
         steps_per_epoch=steps_per_epoch,
-        device=device,
+        device=session.device,
         wrap_model=session.wrap_model,
         git_commit=loop_config.get("git_commit", "unknown"),
     )
     label = loop_config.get("label", "run")
-    marker = f"{loop_config['run_dir']}/{NONFINITE_MARKER}"
-    earlier = read_text(marker)
-    if earlier:
-        raise NonFiniteLossError(f"{earlier} (recorded in {marker}; not retried)")
+    raise_recorded_failure(loop_config["run_dir"], naming_marker=True)
     damaged_marker = f"{loop_config['run_dir']}/{DAMAGED_MARKER}"
-    damaged = recorded_damage(damaged_marker)
-    if damaged:
-        raise DamagedShardError(f"{damaged} (recorded in {damaged_marker}; not retried)")
     checkpoint = session.checkpoint
     resumed_from = None
     if checkpoint:
         restore(trainer, checkpoint, log=(lambda text: print(f"[{label}] {text}", flush=True)) if rank == 0 else (lambda text: None))
         trainer.follow_config()  # PBT's exploit: the donor's state with this trial's values
         resumed_from = checkpoint.path.rstrip("/").rsplit("/", 2)[-2]  # the run (trial) whose checkpoint it was
-    # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
-    # resume shows in Tune's results and the run's result, not only in worker logs.
     started_at = trainer.epoch
     plan: PretrainingPlan = loop_config["plan"]
     try:  # labels only; every rank computes the features of its share of the images at each evaluation
         eval_sets = load_eval_sets(run, data_uri, pool_uris)
     except DamagedShardError as error:  # the labels are read from the train split's shards first; the read named it
-        if error.uri:
-            record_damage(damaged_marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
+        record_shard_damage(damaged_marker, error)
         raise
-    shard = session.shard
-    batches = None
-    while trainer.epoch < run.epochs:
-        if batches is None or loop_config.get("epochs_per_execution", 1) == 1:
-            batches = guarded_batches(  # the next execution; rank 0 looks for a damaged shard when reads fail
-                _view_batches(shard, run.batch_size // world_size, run.views, device, plan), plan,
-                on_damage=lambda damage: record_damage(damaged_marker, damage), look=rank == 0)
-        try:
-            metrics = trainer.train_epoch(batches)  # takes steps_per_epoch batches, leaves the rest for the next
-        except NonFiniteLossError as error:
-            write_text(marker, str(error))
-            raise
-        metrics["resumed_at_epoch"] = started_at
-        if resumed_from is not None:
-            metrics["resumed_from"] = resumed_from
-        metrics.update(monitor_or_damage(trainer, eval_sets, damaged_marker))  # every rank: its share of the features
-        if rank == 0:
-            print(
-                f"[{label}] epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} "
-                f"knn_top1 {metrics['knn_top1']:.4f} images/s {metrics['images_per_s']:.0f}",
-                flush=True,
-            )
-        with tempfile.TemporaryDirectory() as directory:
-            saved = None
-            if rank == 0:
-                saving = time.perf_counter()
-                trainer.save(directory)
-                metrics["checkpoint_seconds"] = time.perf_counter() - saving  # writing it; the upload is report's
-            if run.evaluation.final and trainer.epoch == run.epochs:  # every rank: its share of the features
-                metrics.update(final_evaluation(trainer, eval_sets, directory, label, write=rank == 0))
-            if rank == 0:
-                saved = session.checkpoint_type.from_directory(directory)
-            session.report(metrics, saved)
+    # Every report says which epoch this attempt started from: > 0 after a restart from a checkpoint, so a
+    # resume shows in Tune's results and the run's result, not only in worker logs.
+    tags = {"resumed_at_epoch": started_at, **({"resumed_from": resumed_from} if resumed_from is not None else {})}
+    run_epochs(trainer, eval_sets, RayEpochs(session, run, plan, loop_config["run_dir"], label, tags,
+                                             per_execution=loop_config.get("epochs_per_execution", 1)))
 
 
-def monitor_or_damage(trainer: Trainer, eval_sets, damaged_marker: str) -> dict[str, float]:
-    """trainer.monitor; a damaged shard met while reading evaluation images is recorded (not retried)."""
-    try:
-        return trainer.monitor(eval_sets)
-    except DamagedShardError as error:
-        if error.uri:
-            record_damage(damaged_marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
-        raise
+class RayEpochs(EpochSession):
+    """The epoch loop on a Ray Train worker or in a Tune trial: batches from the worker's Ray Data shard (one
+    execution per epoch, or one over several: loop_config's epochs_per_execution), the NaN and damaged-shard markers
+    a retry reads, rank 0's epoch line, and every rank's report with rank 0's checkpoint (a temporary directory Ray
+    copies into its storage)."""
+
+    def __init__(self, session: LoopSession, run: RunConfig, plan: PretrainingPlan, run_dir: str, label: str,
+                 tags: dict[str, Any], *, per_execution: int = 1):
+        self.session, self.run, self.plan, self.label, self.started = session, run, plan, label, tags
+        self.per_execution = per_execution
+        self.marker, self.damaged_marker = f"{run_dir}/{NONFINITE_MARKER}", f"{run_dir}/{DAMAGED_MARKER}"
+        self.writes = session.rank == 0
+        self.execution = None
+
+    def batches(self):
+        if self.execution is None or self.per_execution == 1:
+            session, run = self.session, self.run
+            self.execution = guarded_batches(  # the next execution; rank 0 looks for a damaged shard when reads fail
+                _view_batches(session.shard, run.batch_size // session.world_size, run.views, session.device, self.plan),
+                self.plan, on_damage=lambda damage: record_damage(self.damaged_marker, damage), look=session.rank == 0)
+        return self.execution
+
+    def tags(self) -> dict[str, Any]:
+        return dict(self.started)
+
+    def nonfinite(self, error: NonFiniteLossError) -> None:
+        write_text(self.marker, str(error))
+
+    def damaged(self, error: DamagedShardError) -> None:
+        record_shard_damage(self.damaged_marker, error)
+
+    def monitored(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if self.session.rank == 0:
+            print(f"[{self.label}] {epoch_line(trainer, metrics)}", flush=True)
+
+    def checkpoint_directory(self):
+        return tempfile.TemporaryDirectory()
+
+    def save(self, trainer: Trainer, directory: str, metrics: dict[str, Any]) -> None:
+        saving = time.perf_counter()
+        trainer.save(directory)
+        metrics["checkpoint_seconds"] = time.perf_counter() - saving  # writing it; the upload is report's
+
+    def report(self, trainer: Trainer, metrics: dict[str, Any], directory: str | None) -> None:
+        self.session.report(metrics, self.session.checkpoint_type.from_directory(directory) if directory else None)
+
+    def log(self, text: str) -> None:
+        print(f"[{self.label}] {text}", flush=True)
 
 
-def final_evaluation(trainer: Trainer, eval_sets, directory: str, label: str, *, write: bool = True) -> dict[str, float]:
-    """The full evaluation after the last epoch (every rank computes its share of the features), written by
-    rank 0 (`write`) as eval.json into the checkpoint being saved."""
-    rows = trainer.full_evaluation(eval_sets, log=(lambda text: print(f"[{label}] {text}", flush=True)) if write else None)
-    if not write:
-        return {}
-    write_text(f"{directory}/{EVAL_FILE}", eval_document(trainer.run, trainer.epoch, rows))
-    return flat_metrics(rows)
+def record_shard_damage(marker: str, error: DamagedShardError) -> None:
+    """Record the damaged shard `error` names (when it names one) at `marker`: a retried run stops at once."""
+    if error.uri:
+        record_damage(marker, {"uri": error.uri, "shard": error.shard, "message": str(error)})
 
 
 def run_directory(storage_path: str, name: str) -> str:

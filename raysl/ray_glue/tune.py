@@ -20,21 +20,19 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
 from raysl.config import DRIVER_CPUS, ASHAConfig, PBTConfig, SweepConfig, apply_assignment, dump_yaml
-from raysl.data.pretraining import recorded_damage, save_corruption_samples
-from raysl.ingest.shards import DamagedShardError
+from raysl.data.pretraining import save_corruption_samples
 from raysl.errors import UserError
 from raysl.ingest.resolve import resolve_pool
 from raysl.ray_glue.in_trial import run_in_trial, trial_resources
 from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.train import (
-    DAMAGED_MARKER, NONFINITE_MARKER, build_trainer, configure_data_context, failure_summary, run_directory,
+    build_trainer, configure_data_context, failure_summary, raise_recorded_failure, run_directory,
 )
 from raysl.report.build import build_report
 from raysl.report.experiment import ASHA_STOPS, ENDING_FILE, load_experiment, trial_run_dir
 from raysl.report.leaderboard import format_cell
 from raysl.report.leaderboard import leaderboard_rows as report_rows
 from raysl.io.storage import absolute_path, delete_file, exists, is_remote, list_dirs, read_text, write_text
-from raysl.training.loop import NonFiniteLossError
 
 SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in the experiment directory
 
@@ -51,12 +49,8 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     experiment_dir = experiment_path(sweep_config, context.get_experiment_name())
     train_storage = f"{experiment_dir}/train"
     run_dir = f"{experiment_dir}/trial_{trial_id}" if sweep_config.in_trial else run_directory(train_storage, trial_id)
-    marker = f"{run_dir}/{NONFINITE_MARKER}"
-    if earlier := read_text(marker):  # a retried trial whose loss already went non-finite: not re-run
-        raise NonFiniteLossError(earlier)
-    damaged = f"{run_dir}/{DAMAGED_MARKER}"
-    if earlier := recorded_damage(damaged):  # a retried trial that met a damaged shard, still damaged
-        raise DamagedShardError(earlier)
+    # a retried trial whose loss already went non-finite, or that met a damaged shard still damaged: not re-run
+    raise_recorded_failure(run_dir)
     configure_data_context(run)  # before the view dataset (or the trainer, which copies it) is made
     if sweep_config.in_trial:
         run_in_trial(run, data_uri, resolve_pool(run), run_dir=run_dir, git_commit=git_commit, label=trial_id)
@@ -74,10 +68,7 @@ def raysl_trial(config: dict[str, Any], *, sweep: dict[str, Any], data_uri: str,
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as error:
-        if earlier := read_text(marker):
-            raise NonFiniteLossError(earlier) from None
-        if earlier := recorded_damage(damaged):
-            raise DamagedShardError(earlier) from None
+        raise_recorded_failure(run_dir)  # the cause a worker recorded, rather than Ray's wrapping of it
         raise RuntimeError(f"trial {trial_id} failed: {failure_summary(error)}") from error
 
 

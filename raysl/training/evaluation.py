@@ -34,7 +34,6 @@ from raysl.data.labelsets import LabelSet, resolve_label_set
 from raysl.ingest.dataset import read_manifest
 from raysl.data.eval_images import EvalImages, balanced_rows, share_bounds
 from raysl.ingest.dataset import split_labels
-from raysl.errors import UserError
 from raysl.methods.distributed import broadcast_buffers, gather_uneven, rank_and_world_size, sum_over_ranks
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
 from raysl.training.probe import probe_accuracy, train_linear_probe
@@ -317,33 +316,3 @@ def eval_document(run: RunConfig, epoch: int, rows: list[dict[str, Any]], checkp
         "protocol": protocol(run.evaluation), "results": rows,
     }
     return json.dumps(document, indent=2) + "\n"
-
-
-def find_checkpoint(uri: str) -> str:
-    """The checkpoint directory CHECKPOINT names: a directory holding state.pt, state.pt itself, or a run
-    directory holding checkpoint_* directories (the newest is taken)."""
-    from raysl.io.storage import exists, list_dirs
-
-    uri = uri.rstrip("/")
-    if uri.endswith("/state.pt") and exists(uri):
-        return uri.rsplit("/", 1)[0]
-    if exists(f"{uri}/state.pt"):
-        return uri
-    checkpoints = [name for name in list_dirs(uri) if name.startswith("checkpoint_")]
-    for name in sorted(checkpoints, reverse=True):
-        if exists(f"{uri}/{name}/state.pt"):
-            return f"{uri}/{name}"
-    raise UserError(f"{uri}: no checkpoint there (expected state.pt, or checkpoint_* directories holding one)")
-
-
-def load_checkpoint(directory: str) -> dict[str, Any]:
-    """A checkpoint's state (weights_only: tensors and plain containers, never code) from a local path or URI."""
-    import io
-
-    from raysl.io.storage import read_bytes
-
-    data = read_bytes(f"{directory}/state.pt")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, refused global
-        raise UserError(f"{directory}/state.pt cannot be loaded: {type(error).__name__}: {str(error).splitlines()[0]}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ from raysl.views.encoded import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, guarded_batches, in_memory_epoch_images, plan_pretraining
 from raysl.ingest.dataset import channels_of
 from raysl.views.batch import make_views
-from raysl.training.evaluation import eval_document, flat_metrics, load_eval_sets
-from raysl.training.loop import Trainer
+from raysl.training.evaluation import load_eval_sets
+from raysl.training.loop import EpochSession, Trainer, epoch_line, run_epochs
 
 
 def in_process_batches(
@@ -83,18 +84,29 @@ def train_in_process(
         trainer.load(output)
         log(f"resumed from {output} after epoch {trainer.epoch}")
     generator = torch.Generator().manual_seed(run.seed + trainer.epoch)
-    while trainer.epoch < run.epochs:
-        batches = (guarded_batches(streamed_batches(plan, run.batch_size, run.views, generator), plan) if plan.variable
-                   else in_process_batches(images, run.batch_size, run.views, generator))
-        metrics = trainer.train_epoch(batches)
-        metrics.update(trainer.monitor(eval_sets))
-        trainer.save(output)
-        if run.evaluation.final and trainer.epoch == run.epochs:
-            rows = trainer.full_evaluation(eval_sets, log=log)
-            (output / "eval.json").write_text(eval_document(run, trainer.epoch, rows, str(output)))
-            metrics.update(flat_metrics(rows))
-        with open(output / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-        log(f"epoch {trainer.epoch}/{run.epochs} loss {metrics['loss']:.4f} knn_top1 {metrics['knn_top1']:.4f} "
-            f"images/s {metrics['images_per_s']:.0f}")
+    run_epochs(trainer, eval_sets, LocalEpochs(run, plan, images, generator, output, log))
     return str(output)
+
+
+class LocalEpochs(EpochSession):
+    """The epoch loop in this process: each epoch's batches made here, the checkpoint and eval.json written to the
+    run directory `output`, each epoch's metrics appended to its metrics.jsonl and its line logged."""
+
+    def __init__(self, run: RunConfig, plan: PretrainingPlan, images: torch.Tensor | None, generator: torch.Generator,
+                 output: Path, log):
+        self.run, self.plan, self.images, self.generator, self.output, self.log = run, plan, images, generator, output, log
+        self.eval_checkpoint = str(output)
+
+    def batches(self) -> Iterator[list[torch.Tensor]]:
+        run, plan = self.run, self.plan
+        if plan.variable:
+            return guarded_batches(streamed_batches(plan, run.batch_size, run.views, self.generator), plan)
+        return in_process_batches(self.images, run.batch_size, run.views, self.generator)
+
+    def checkpoint_directory(self) -> AbstractContextManager[str]:
+        return nullcontext(str(self.output))
+
+    def report(self, trainer: Trainer, metrics: dict, directory: str | None) -> None:
+        with open(self.output / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        self.log(epoch_line(trainer, metrics))

@@ -1,7 +1,8 @@
 """The training loop: epochs of steps, the kNN monitor, checkpoint state. Knows nothing of Ray.
 
 The Ray glue (raysl/ray_glue/train.py) feeds it batches from a Ray Data shard and reports what it
-returns; `raysl train --local` and the tests feed it batches made in-process. Both go through `Trainer`.
+returns; `raysl train --local` and the tests feed it batches made in-process. Both go through `Trainer`,
+and both run their epochs through `run_epochs`, each with its own `EpochSession` (what differs between them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,20 @@ import torch
 from torch import nn
 
 from raysl.config import RunConfig
+from raysl.ingest.shards import DamagedShardError
 from raysl.views.batch import normalize
 from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
-from raysl.training.evaluation import EvalSet, FeatureOptions, full_evaluation, monitor_metrics
+from raysl.io.storage import write_text
+from raysl.training.checkpoint import initialise_from
+from raysl.training.evaluation import EvalSet, FeatureOptions, eval_document, flat_metrics, full_evaluation, monitor_metrics
 from raysl.training.monitor import embedding_std
 
 COLLAPSE_SAMPLE = 1024  # query features the collapse signal (embedding_std) is measured on
 from raysl.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
+EVAL_FILE = "eval.json"  # the full evaluation's results, inside the checkpoint directory they score
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,8 +76,6 @@ class Trainer:
         torch.manual_seed(run.seed)  # the same initial weights on every rank
         self.method = build_method(run, in_channels)
         if run.init_from:  # weights only; a resumed run's checkpoint (load) replaces them
-            from raysl.exporting import initialise_from
-
             initialise_from(self.method, run.init_from)
         self.method = self.method.to(self.device)
         if run.channels_last:
@@ -255,3 +259,84 @@ class Trainer:
         except Exception as error:  # truncated zip, bad pickle, refused global, wrong keys or shapes
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise CheckpointError(f"checkpoint {name} cannot be loaded: {type(error).__name__}: {first_line}") from None
+
+
+# ---------------------------------------------------------------------- the epoch loop
+class EpochSession:
+    """What the epoch loop (run_epochs) needs from whoever runs it, and the steps where they differ:
+    `raysl train --local` (raysl.training.local: batches made here, checkpoints in the run directory) and a Ray
+    Train worker or a Tune trial (raysl.ray_glue.train: batches from Ray Data, markers a retry reads, checkpoints
+    reported to Ray). The defaults do nothing; `batches`, `checkpoint_directory` and `report` are the runner's."""
+
+    writes: bool = True
+    """Whether this process writes the checkpoint and eval.json (with several ranks: rank 0 only)."""
+    eval_checkpoint: str | None = None
+    """What eval.json names as the checkpoint it scores (None: the checkpoint directory is a temporary one)."""
+
+    def batches(self) -> Iterable[list[torch.Tensor]]:
+        """The next epoch's view batches (train_epoch takes steps_per_epoch of them and leaves the rest, so an
+        iterator over several epochs may be handed out again)."""
+        raise NotImplementedError
+
+    def tags(self) -> dict[str, Any]:
+        """Metrics added to every epoch's after training's own (before the monitor's)."""
+        return {}
+
+    def nonfinite(self, error: NonFiniteLossError) -> None:
+        """The loss went non-finite (the error is raised once this returns)."""
+
+    def damaged(self, error: DamagedShardError) -> None:
+        """The kNN monitor met a damaged shard (the error is raised once this returns)."""
+
+    def monitored(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        """The epoch is trained and monitored; its checkpoint is not written yet."""
+
+    def checkpoint_directory(self) -> AbstractContextManager[str]:
+        """Where this epoch's checkpoint (and, after the last epoch, eval.json) is written; entered once an epoch."""
+        raise NotImplementedError
+
+    def save(self, trainer: Trainer, directory: str, metrics: dict[str, Any]) -> None:
+        """Write the checkpoint (called where `writes`)."""
+        trainer.save(directory)
+
+    def report(self, trainer: Trainer, metrics: dict[str, Any], directory: str | None) -> None:
+        """The epoch's metrics, with its checkpoint directory (None where this process writes none), still open."""
+        raise NotImplementedError
+
+    def log(self, text: str) -> None:
+        """The full evaluation's progress (called where `writes`)."""
+
+
+def epoch_line(trainer: Trainer, metrics: dict[str, Any]) -> str:
+    """The line an epoch logs: its number, loss, kNN top-1 and throughput."""
+    return (f"epoch {trainer.epoch}/{trainer.run.epochs} loss {metrics['loss']:.4f} knn_top1 {metrics['knn_top1']:.4f} "
+            f"images/s {metrics['images_per_s']:.0f}")
+
+
+def run_epochs(trainer: Trainer, eval_sets: list[EvalSet], session: EpochSession) -> None:
+    """From the trainer's epoch to run.epochs: train an epoch on the session's batches, run the kNN monitor (every
+    rank its share of the features), write the checkpoint, after the last epoch with evaluation.final the full
+    evaluation (eval.json beside the checkpoint, its figures in the metrics), and report the epoch's metrics."""
+    run = trainer.run
+    while trainer.epoch < run.epochs:
+        try:
+            metrics = trainer.train_epoch(session.batches())  # takes steps_per_epoch batches, leaves the rest for the next
+        except NonFiniteLossError as error:
+            session.nonfinite(error)
+            raise
+        metrics.update(session.tags())
+        try:
+            metrics.update(trainer.monitor(eval_sets))  # every rank: its share of the features
+        except DamagedShardError as error:
+            session.damaged(error)
+            raise
+        session.monitored(trainer, metrics)
+        with session.checkpoint_directory() as directory:
+            if session.writes:
+                session.save(trainer, directory, metrics)
+            if run.evaluation.final and trainer.epoch == run.epochs:  # every rank: its share of the features
+                rows = trainer.full_evaluation(eval_sets, log=session.log if session.writes else None)
+                if session.writes:
+                    write_text(f"{directory}/{EVAL_FILE}", eval_document(run, trainer.epoch, rows, session.eval_checkpoint))
+                    metrics.update(flat_metrics(rows))
+            session.report(trainer, metrics, directory if session.writes else None)

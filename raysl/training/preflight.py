@@ -70,15 +70,15 @@ def check_encoded(run: RunConfig, data_uri: str, pool_uris: list[str], where: st
 
 def check_init_from(run: RunConfig, data_uri: str, where: str = "") -> None:
     """init_from's weights fit the run's backbone, before Ray starts (a UserError names the keys). The Trainer
-    loads them (exporting.initialise_from) into the method it builds."""
+    loads them (raysl.training.checkpoint.initialise_from) into the method it builds."""
     if not run.init_from:
         return
     import torch
 
-    from raysl.exporting import fitting_weights
     from raysl.ingest.dataset import channels_of, read_manifest
     from raysl.methods import backbone_config
     from raysl.models import build_backbone
+    from raysl.training.checkpoint import fitting_weights
 
     try:
         with torch.device("meta"):  # names and shapes only: no weights allocated, no method heads built
