@@ -65,7 +65,8 @@ def ceiling(args, **changes) -> float:
 
 
 def end_to_end(args, data_uri: str, where: str, storage: str) -> dict:
-    from raysl.ray_glue.train import build_trainer, configure_data_context
+    from raysl.ray_glue.pipeline import configure_data_context
+    from raysl.ray_glue.trainer import build_trainer
 
     run = run_config(args, channels_last=True)
     gpu = args.device == "cuda"

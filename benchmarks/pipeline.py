@@ -56,11 +56,11 @@ def dataloader_images_per_s(images: torch.Tensor, views, workers: int, epochs: i
 
 def ray_images_per_s(run, data_uri: str, epochs: int, batch_size: int = BATCH) -> float:
     """As a Train worker consumes it: one execution over every epoch (the warm-up one too), an epoch's
-    batches at a time from one iterator (raysl.ray_glue.train.epochs_per_execution). Also used by
+    batches at a time from one iterator (raysl.ray_glue.pipeline.epochs_per_execution). Also used by
     benchmarks/folder_pipeline.py."""
     from raysl.ray_glue.augment_actor import augment_batch
     from raysl.data.pretraining import plan_pretraining
-    from raysl.ray_glue.train import build_view_dataset, configure_data_context, shuffle_buffer
+    from raysl.ray_glue.pipeline import build_view_dataset, configure_data_context, shuffle_buffer
 
     configure_data_context(run)
     plan = plan_pretraining(run, data_uri)

@@ -30,7 +30,8 @@ def measure(base, data_uri: str, workers: int, augment_cpus: int, args) -> tuple
     import ray
 
     from raysl.ray_glue.local_cluster import ROLE, LocalCluster
-    from raysl.ray_glue.train import build_trainer, configure_data_context
+    from raysl.ray_glue.pipeline import configure_data_context
+    from raysl.ray_glue.trainer import build_trainer
 
     cluster = LocalCluster(augment_cpus=augment_cpus, train_cpus=1, train_nodes=workers)
     try:

@@ -62,7 +62,7 @@ def main() -> None:
     tars = sorted(str(path) for path in (ROOT / "data" / f"bench-wds-{args.images}").glob("*.tar")) or write_tars(
         folder, ROOT / "data" / f"bench-wds-{args.images}")
     ray.init(num_cpus=2, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
-    from raysl.ray_glue.train import configure_data_context
+    from raysl.ray_glue.pipeline import configure_data_context
 
     configure_data_context()
     results = []

@@ -33,7 +33,8 @@ def main() -> None:
 
     from raysl.ingest.resolve import resolve_data
     from raysl.config import load_sweep_config
-    from raysl.ray_glue.train import build_trainer, configure_data_context
+    from raysl.ray_glue.pipeline import configure_data_context
+    from raysl.ray_glue.trainer import build_trainer
 
     base = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml").base
     data_uri = resolve_data(base)

@@ -1,12 +1,12 @@
 """raysl: self-supervised contrastive image pretraining sweeps on Ray.
 
-The Python API (raysl.api): `raysl.sweep`, `raysl.train`, `raysl.embed`, `raysl.export`, `raysl.load_backbone`.
+The Python API (raysl.api): `raysl.sweep`, `raysl.train`, `raysl.evaluate`, `raysl.embed`, `raysl.export`, `raysl.load_backbone`.
 They are imported on first use, so `import raysl` stays light (Ray workers import raysl's modules too).
 """
 
 __version__ = "0.1.0"
 
-_API = {"sweep", "train", "embed", "SweepResult", "TrainResult"}
+_API = {"sweep", "train", "evaluate", "embed", "SweepResult", "TrainResult"}
 __all__ = sorted(_API | {"export", "load_backbone"})
 
 

@@ -1,4 +1,4 @@
-"""The Python API, for notebooks and scripts: what `raysl sweep`, `train`, `export` and `embed` do, as functions
+"""The Python API, for notebooks and scripts: what `raysl sweep`, `train`, `eval`, `export` and `embed` do, as functions
 that return results. The CLI (raysl/cli.py) is a thin layer over these.
 
     import raysl
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from raysl.config import RunConfig, SweepConfig, config_data, detect_file_kind, load_run_config, load_sweep_config
 from raysl.errors import UserError
 from raysl.ingest.resolve import resolve_data, resolve_pool
-from raysl.ray_glue.packing import check_packing, local_node
-from raysl.training.preflight import check_data_conditions, check_gpu, check_shards, check_sweep_data
-from raysl.ray_glue.session import cluster_nodes, ray_session
 from raysl.io.storage import absolute_path, is_remote
+from raysl.ray_glue.packing import check_packing, local_node
+from raysl.ray_glue.session import cluster_nodes, ray_session
+from raysl.training.preflight import check_data_conditions, check_gpu, check_shards, check_sweep_data
 
 if TYPE_CHECKING:
     import pandas
@@ -223,7 +223,8 @@ def train(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     with ray_session(quiet=False, log=log):
         import ray.train
 
-        from raysl.ray_glue.train import build_trainer, configure_data_context, failure_summary, run_directory
+        from raysl.ray_glue.pipeline import configure_data_context
+        from raysl.ray_glue.trainer import build_trainer, failure_summary, run_directory
 
         configure_data_context(run)
         trainer = build_trainer(
@@ -253,6 +254,55 @@ def _newest_checkpoint(path: str, find_checkpoint) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- embed
+
+
+EVAL_OVERRIDABLE = ("evaluation", "data.path", "data.cache_dir", "data.source", "data.pool")
+"""What `raysl eval --set` may change: where the data is and how it is evaluated, not the checkpoint's model."""
+
+
+def evaluate(checkpoint: str, overrides: list[str] | tuple[str, ...] = (), *, out: str | None = None, log=print) -> str:
+    """kNN top-1/top-5 and a linear probe of a checkpoint (a checkpoint directory, a run or an experiment's best),
+    per label set, budget and pool dataset, written to eval.json beside it (or `out`); returns that path."""
+    import torch
+
+    from raysl.config import parse_overrides, set_dotted
+    from raysl.ingest.dataset import channels_of, read_manifest
+    from raysl.io.storage import write_text
+    from raysl.methods import build_method
+    from raysl.training.checkpoint import find_checkpoint, load_checkpoint, run_config_of_checkpoint
+    from raysl.training.evaluation import FeatureOptions, eval_document, full_evaluation, load_eval_sets
+    from raysl.training.loop import autocast_dtype
+    from raysl.training.preflight import check_evaluation
+
+    directory = find_checkpoint(checkpoint)
+    state = load_checkpoint(directory)
+
+    def apply_sets(data: dict) -> None:
+        for key, value in parse_overrides(list(overrides)):
+            if not key.startswith(EVAL_OVERRIDABLE):
+                raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")
+            set_dotted(data, key, value, source=f"--set {key}")
+
+    run = run_config_of_checkpoint(state, f"{directory}/state.pt", edit=apply_sets,
+                                   invalid=f"{directory}: the checkpoint's config with --set is invalid")
+    run = run.with_absolute_paths(os.getcwd())
+    data_uri, pool_uris = resolve_data(run, log), resolve_pool(run, log)
+    check_evaluation(run, data_uri, pool_uris)
+    manifest = read_manifest(data_uri)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    method = build_method(run, channels_of(manifest))
+    method.load_state_dict(state["method"])
+    method.to(device)
+    options = FeatureOptions(
+        torch.tensor(manifest["mean"], device=device), torch.tensor(manifest["std"], device=device),
+        run.evaluation.feature_batch(device.type), device, autocast_dtype(run, device),
+        feature_dtype=getattr(torch, run.evaluation.feature_dtype),
+    )
+    log(f"evaluating {directory} (epoch {state.get('epoch')}, {run.method.name}) on {device}")
+    rows = full_evaluation(method.backbone, load_eval_sets(run, data_uri, pool_uris), run.evaluation, options, log=log)
+    target = out or f"{directory}/eval.json"
+    write_text(target, eval_document(run, int(state.get("epoch", 0)), rows, directory))
+    return target
 
 
 def embed(source: str, data: str, out: str, **options) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from raysl.config import KINDS, detect_file_kind, load_run_config, load_sweep_config, read_yaml
 from raysl.errors import UserError
-from raysl.ingest.resolve import resolve_data, resolve_pool
-from raysl.training.preflight import check_evaluation, validate_init_from, validate_prepared
+from raysl.training.preflight import validate_init_from, validate_prepared
 
 INTERRUPTED = 130  # the exit status of a sweep stopped by Ctrl-C (SIGINT), as a shell reports a killed command
 
@@ -147,51 +146,11 @@ def command_submit(args: argparse.Namespace) -> None:
         raise UserError(f"the job did not succeed (ray job submit exited {code}); see `ray job logs` for its output")
 
 
-EVAL_OVERRIDABLE = ("evaluation", "data.path", "data.cache_dir", "data.source", "data.pool")
-
-
 def command_eval(args: argparse.Namespace) -> None:
     """kNN top-1/top-5 and a linear probe of a checkpoint, per label set, budget and pool dataset -> eval.json."""
-    import torch
+    from raysl.api import evaluate
 
-    from raysl.config import parse_overrides, set_dotted
-    from raysl.ingest.dataset import read_manifest
-    from raysl.ingest.dataset import channels_of
-    from raysl.methods import build_method
-    from raysl.io.storage import write_text
-    from raysl.training.checkpoint import find_checkpoint, load_checkpoint, run_config_of_checkpoint
-    from raysl.training.evaluation import FeatureOptions, eval_document, full_evaluation, load_eval_sets
-    from raysl.training.loop import autocast_dtype
-
-    directory = find_checkpoint(args.checkpoint)
-    state = load_checkpoint(directory)
-
-    def apply_sets(data: dict) -> None:
-        for key, value in parse_overrides(args.set):
-            if not key.startswith(EVAL_OVERRIDABLE):
-                raise UserError(f"--set {key}: eval can change {', '.join(EVAL_OVERRIDABLE)} (the model is the checkpoint's)")
-            set_dotted(data, key, value, source=f"--set {key}")
-
-    run = run_config_of_checkpoint(state, f"{directory}/state.pt", edit=apply_sets,
-                                   invalid=f"{directory}: the checkpoint's config with --set is invalid")
-    run = run.with_absolute_paths(os.getcwd())
-    data_uri, pool_uris = resolve_data(run), resolve_pool(run)
-    check_evaluation(run, data_uri, pool_uris)
-    manifest = read_manifest(data_uri)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    method = build_method(run, channels_of(manifest))
-    method.load_state_dict(state["method"])
-    method.to(device)
-    options = FeatureOptions(
-        torch.tensor(manifest["mean"], device=device), torch.tensor(manifest["std"], device=device),
-        run.evaluation.feature_batch(device.type), device, autocast_dtype(run, device),
-        feature_dtype=getattr(torch, run.evaluation.feature_dtype),
-    )
-    _log(f"evaluating {directory} (epoch {state.get('epoch')}, {run.method.name}) on {device}")
-    rows = full_evaluation(method.backbone, load_eval_sets(run, data_uri, pool_uris), run.evaluation, options, log=_log)
-    target = args.out or f"{directory}/eval.json"
-    write_text(target, eval_document(run, int(state.get("epoch", 0)), rows, directory))
-    _log(target)
+    _log(evaluate(args.checkpoint, args.set or (), out=args.out, log=_log))
 
 
 def command_report(args: argparse.Namespace) -> None:

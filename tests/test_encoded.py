@@ -166,7 +166,7 @@ def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset)
 
     import ray
 
-    from raysl.ray_glue.train import _view_batches, build_view_dataset, configure_data_context, epochs_per_execution
+    from raysl.ray_glue.pipeline import view_batches, build_view_dataset, configure_data_context, epochs_per_execution
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
@@ -175,7 +175,7 @@ def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset)
             configure_data_context(run)
             plan = plan_pretraining(run, encoded_dataset)
             dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
-            batches = list(_view_batches(dataset, 50, run.views, torch.device("cpu"), plan))
+            batches = list(view_batches(dataset, 50, run.views, torch.device("cpu"), plan))
             assert len(batches) == 16, where  # 2 epochs of 400 images in batches of 50
             assert all(len(views) == 2 and views[1].shape == (50, 3, 32, 32) for views in batches), where
     finally:

@@ -16,7 +16,7 @@ import yaml
 
 from raysl.config import RunConfig, load_sweep_config
 from raysl.errors import UserError
-from raysl.ray_glue.tune import ClipToRanges
+from raysl.ray_glue.search import ClipToRanges
 from raysl.training.loop import Trainer
 from tests.test_ray_integration import SMALL_RUN
 

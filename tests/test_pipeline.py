@@ -14,7 +14,7 @@ import ray
 from raysl.config import RunConfig
 from raysl.ingest.dataset import load_split
 from raysl.data.pretraining import plan_pretraining
-from raysl.ray_glue.train import build_view_dataset, configure_data_context, epochs_per_execution
+from raysl.ray_glue.pipeline import build_view_dataset, configure_data_context, epochs_per_execution
 
 IDENTITY_VIEWS = {
     "crops": [{"count": 2, "size": 28, "scale": [1.0, 1.0], "ratio": [1.0, 1.0]}],
@@ -63,14 +63,14 @@ def test_the_rows_of_a_batch_change_from_epoch_to_epoch(local_ray, tiny_dataset)
 
     import torch
 
-    from raysl.ray_glue.train import _view_batches, shuffle_buffer
+    from raysl.ray_glue.pipeline import view_batches, shuffle_buffer
 
     run = _run(tiny_dataset)
     assert shuffle_buffer(run.batch_size) is None  # the case without a buffer
     configure_data_context(run)
     plan = plan_pretraining(run, tiny_dataset)
     dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
-    batches = _view_batches(dataset, run.batch_size, run.views, torch.device("cpu"), plan)
+    batches = view_batches(dataset, run.batch_size, run.views, torch.device("cpu"), plan)
     steps = plan.epoch_images // run.batch_size
 
     def together() -> set[tuple[bytes, bytes]]:  # the pairs of images that shared a batch this epoch
@@ -99,14 +99,14 @@ def test_views_made_by_the_trainer_come_from_decoded_images(local_ray, tiny_data
     # generator makes the views itself; identity views must give back the images.
     import torch
 
-    from raysl.ray_glue.train import _view_batches
+    from raysl.ray_glue.pipeline import view_batches
 
     run = _run(tiny_dataset, train_limit=600).model_copy(deep=True)
     run = RunConfig.model_validate({**run.model_dump(mode="json"), "views": {**IDENTITY_VIEWS, "where": "trainer"}, "epochs": 1})
     configure_data_context(run)
     plan = plan_pretraining(run, tiny_dataset)
     dataset = build_view_dataset(run, plan, epochs_per_execution(run, plan))
-    batches = list(_view_batches(dataset, 100, run.views, torch.device("cpu"), plan))
+    batches = list(view_batches(dataset, 100, run.views, torch.device("cpu"), plan))
     assert len(batches) == 6 and all(len(views) == 2 for views in batches)
     assert all(view.dtype == torch.uint8 and view.shape == (100, 1, 28, 28) for views in batches for view in views)
     delivered = Counter(image.tobytes() for views in batches for image in views[0].permute(0, 2, 3, 1).numpy())
@@ -149,7 +149,7 @@ def test_an_idle_scheduling_step_sleeps_instead_of_spinning(monkeypatch):
 def test_only_several_workers_split_the_view_dataset():
     # One Train worker iterates the whole view dataset itself (no SplitCoordinator process, no per-block
     # round trips); several share it through streaming_split, each getting its own blocks.
-    from raysl.ray_glue.train import datasets_to_split
+    from raysl.ray_glue.pipeline import datasets_to_split
 
     assert datasets_to_split(1) == []
     assert datasets_to_split(2) == datasets_to_split(4) == "all"

@@ -14,7 +14,7 @@ import yaml
 from raysl.cli import main
 from raysl.config import SweepConfig, load_sweep_config
 from raysl.errors import UserError
-from raysl.ray_glue.tune import _search_alg, _to_tune
+from raysl.ray_glue.search import build_search_alg, to_tune
 from raysl.report.build import build_report
 from tests.test_report import epoch_rows, sweep_dict, write_experiment
 
@@ -56,8 +56,8 @@ def test_metric_mode_defaults_by_metric_and_optuna_counts_num_samples(tmp_path):
 
 def _draws(sweep: SweepConfig, count: int = 5) -> list[dict]:
     """What the sweep's search algorithm proposes for `count` trials, each scored (its lr) before the next."""
-    search = _search_alg(sweep)
-    search.set_search_properties(sweep.metric, sweep.resolved_mode, {"search": {k: _to_tune(d) for k, d in sweep.search.items()}})
+    search = build_search_alg(sweep)
+    search.set_search_properties(sweep.metric, sweep.resolved_mode, {"search": {k: to_tune(d) for k, d in sweep.search.items()}})
     draws = []
     for index in range(count):
         config = search.suggest(f"trial_{index}")

@@ -1,7 +1,7 @@
 """The augmentation step of the Ray Data pipeline, as a plain callable: rows in, views out.
 
 Kept apart from raysl.ray_glue on purpose: Ray Data starts a fresh actor for every epoch's execution, and
-each one imports this module. Importing raysl.ray_glue.train (Ray Train, the training loop, evaluation)
+each one imports this module. Importing raysl.ray_glue.worker (Ray Train, the training loop, evaluation)
 cost 4.4 s of CPU on the dev machine; this module and what it needs (torch, the view maker, the plan)
 1.9 s. On 2 cores that difference was most of an epoch's augmentation work for 60k small images.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from raysl.config import ViewsConfig
-from raysl.views.encoded import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, decode_images
-from raysl.views.batch import make_views
 from raysl.ray_glue import data_patches
+from raysl.views.batch import make_views
+from raysl.views.encoded import views_of_rows
 
 data_patches.install()  # this module is imported wherever the view dataset's plan is unpickled: see data_patches
 
@@ -66,7 +66,7 @@ class AugmentViews:
             pixels = decode_images(batch["image"], plan.shape)
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         # Rows leave in a fresh random order: the rows of a batch (each other's negatives) change every
-        # epoch without a local shuffle buffer on the consumer (raysl.ray_glue.train.shuffle_buffer).
+        # epoch without a local shuffle buffer on the consumer (raysl.ray_glue.pipeline.shuffle_buffer).
         order = torch.randperm(len(pixels), generator=generator).numpy()
         if self.views.where == "trainer":  # the Train worker makes the views on its device
             return {"image": np.ascontiguousarray(pixels[order])}

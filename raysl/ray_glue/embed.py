@@ -48,8 +48,16 @@ import ray
 import torch
 
 from raysl.embedding import (
-    DTYPES, EMBEDDINGS_DIR, SUMMARY_FILE, Embedder, chosen_splits, decode_rows, input_shape,
-    label_columns, open_source, split_of_shards,
+    DTYPES,
+    EMBEDDINGS_DIR,
+    SUMMARY_FILE,
+    Embedder,
+    chosen_splits,
+    decode_rows,
+    input_shape,
+    label_columns,
+    open_source,
+    split_of_shards,
 )
 from raysl.errors import UserError
 from raysl.ray_glue.session import cluster_nodes, ray_session
@@ -157,8 +165,7 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
     """Embed `split` of the prepared dataset `data` with the backbone of `source` (an export or a checkpoint)
     into `out` (see the module docstring); returns a summary dict: rows written per split, feature_dim, out
     path, seconds (also written to out/embed.json)."""
-    from raysl.ingest.dataset import read_manifest, split_files
-    from raysl.ingest.dataset import is_encoded, mean_row_bytes
+    from raysl.ingest.dataset import is_encoded, mean_row_bytes, read_manifest, split_files
     from raysl.io.storage import absolute_path, delete_dir, join_uri, write_text
     from raysl.training.loop import autocast_dtype
 
@@ -190,7 +197,7 @@ def embed(source: str, data: str, out: str, *, split: str = "all", dtype: str = 
                  context.execution_options.label_selector, context.execution_options.preserve_order)
         try:
             from raysl.ray_glue import data_patches
-            from raysl.ray_glue.train import configure_data_context
+            from raysl.ray_glue.pipeline import configure_data_context
 
             data_patches.install()  # no Parquet sampling retries: a damaged shard fails once (see data_patches)
             configure_data_context()

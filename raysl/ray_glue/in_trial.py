@@ -1,6 +1,6 @@
 """A single-worker trial's training loop run inside the Tune trial itself: no TorchTrainer controller, no worker
 group and no placement group of its own (what Ray Train adds costs a single worker seconds per trial and a
-process or two). The loop is Ray Train's (raysl.ray_glue.train.train_loop): the same reports, checkpoints, resume
+process or two). The loop is Ray Train's (raysl.ray_glue.worker.train_loop): the same reports, checkpoints, resume
 from the latest checkpoint (falling back past unreadable ones), NaN stop and damaged-shard markers; Tune keeps
 the checkpoints in the trial's directory and restarts a failed trial (trial_retries + max_failures).
 """
@@ -12,7 +12,8 @@ from ray import tune
 
 from raysl.config import RunConfig
 from raysl.data.pretraining import plan_pretraining
-from raysl.ray_glue.train import DAMAGED_MARKER, LoopSession, loop_config_of, train_loop, view_dataset_or_damage
+from raysl.ray_glue.pipeline import view_dataset_or_damage
+from raysl.ray_glue.worker import DAMAGED_MARKER, LoopSession, loop_config_of, train_loop
 
 
 def trial_resources(run: RunConfig) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The training loop: epochs of steps, the kNN monitor, checkpoint state. Knows nothing of Ray.
 
-The Ray glue (raysl/ray_glue/train.py) feeds it batches from a Ray Data shard and reports what it
+The Ray glue (raysl/ray_glue/worker.py) feeds it batches from a Ray Data shard and reports what it
 returns; `raysl train --local` and the tests feed it batches made in-process. Both go through `Trainer`,
 and both run their epochs through `run_epochs`, each with its own `EpochSession` (what differs between them).
 """
@@ -265,7 +265,7 @@ class Trainer:
 class EpochSession:
     """What the epoch loop (run_epochs) needs from whoever runs it, and the steps where they differ:
     `raysl train --local` (raysl.training.local: batches made here, checkpoints in the run directory) and a Ray
-    Train worker or a Tune trial (raysl.ray_glue.train: batches from Ray Data, markers a retry reads, checkpoints
+    Train worker or a Tune trial (raysl.ray_glue.worker: batches from Ray Data, markers a retry reads, checkpoints
     reported to Ray). The defaults do nothing; `batches`, `checkpoint_directory` and `report` are the runner's."""
 
     writes: bool = True
