@@ -183,7 +183,6 @@ class ModelConfig(Schema):
     """Hidden width of the projector MLP on top of the backbone."""
     projector_out: Annotated[int, Field(ge=8)] = 128
     """Output width of the projector: the embedding the loss sees."""
-    _image_size: int | None = PrivateAttr(default=None)  # set by raysl.methods.backbone_config
 
     @field_validator("backbone")
     @classmethod
