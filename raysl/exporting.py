@@ -69,7 +69,7 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     """Write `checkpoint`'s backbone (a checkpoint directory, its state.pt, a run directory: its newest
     checkpoint, or a sweep's experiment directory: its best trial's) to the directory `out` in `formats`;
     returns model.json's content."""
-    from raysl.methods import backbone_config, build_method
+    from raysl.methods import backbone_image_size, build_method
     from raysl.training.checkpoint import checkpoint_input, find_checkpoint, load_checkpoint, run_config_of_checkpoint
 
     unknown = [name for name in formats if name not in FORMATS]
@@ -79,7 +79,6 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     directory = find_checkpoint(best_trial_run(checkpoint, log))
     state = load_checkpoint(directory)
     run = run_config_of_checkpoint(state, f"{directory}/state.pt")
-    model_config = backbone_config(run)
     inputs = checkpoint_input(state, run, f"{directory}/state.pt")
     method = build_method(run, inputs["channels"])
     try:
@@ -87,13 +86,13 @@ def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("stat
     except RuntimeError as error:
         raise UserError(f"{directory}/state.pt does not fit its own config's model: {str(error).splitlines()[0]}") from None
     backbone = method.backbone.eval()
-    size = model_config._image_size
+    size = backbone_image_size(run)
     monitored = state.get("monitored") or {}
     document = {
         "format_version": 1,
         "backbone": run.model.backbone,
         "library": "raysl" if run.model.backbone == "small_cnn" else "torchvision",
-        "stem": model_config.stem if run.model.backbone != "small_cnn" else None,
+        "stem": run.model.resolved_stem(size) if run.model.backbone != "small_cnn" else None,
         "small_cnn": {"width": run.model.width, "pool_size": run.model.pool_size} if run.model.backbone == "small_cnn" else None,
         "input": {"size": size, **inputs, "layout": "NCHW float, (x / 255 - mean) / std"},
         "feature_dim": int(backbone.out_dim),

@@ -84,8 +84,8 @@ def torchvision_backbone(name: str, in_channels: int, stem: str, image_size: int
 
 def build_backbone(config: ModelConfig, in_channels: int, image_size: int | None = None) -> nn.Module:
     """The backbone `config` names, for images of `in_channels` channels and training crops of `image_size` px
-    (default: the size raysl.methods.backbone_config recorded, else 224)."""
-    image_size = image_size or getattr(config, "_image_size", None) or 224
+    (default 224; a run's: raysl.methods.build_run_backbone)."""
+    image_size = image_size or 224
     if config.backbone == "small_cnn":
         return SmallCNN(in_channels, config.width, config.pool_size)
     return torchvision_backbone(config.backbone, in_channels, config.resolved_stem(image_size), image_size)

@@ -10,7 +10,7 @@ import functools
 from typing import Annotated, Any, Literal, Union
 
 import torchvision
-from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from raysl.config.base import Schema
 
@@ -46,7 +46,6 @@ class ModelConfig(Schema):
     """Hidden width of the projector MLP on top of the backbone."""
     projector_out: Annotated[int, Field(ge=8)] = 128
     """Output width of the projector: the embedding the loss sees."""
-    _image_size: int | None = PrivateAttr(default=None)  # set by raysl.methods.backbone_config
 
     @field_validator("backbone")
     @classmethod

@@ -1,5 +1,6 @@
 """Methods: each a module (backbone, heads, loss) whose forward(views) returns the loss, and whose
-after_step(step, total_steps) runs after each optimiser step (momentum encoders)."""
+after_step(step, total_steps) runs after each optimiser step (momentum encoders). build_method builds the run's
+backbone and hands it (with its feature width) to the method, which adds its heads and its loss."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from raysl.methods.moco import MoCo
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
 from raysl.methods.wmse import WMSE
+from raysl.models import build_backbone
 
 METHODS: dict[str, type[nn.Module]] = {
     "simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL, "wmse": WMSE,
@@ -24,15 +26,18 @@ def view_roles(run: RunConfig) -> list[str]:
     return [spec.role for spec in run.views.crops for _ in range(spec.count)]
 
 
-def backbone_config(run: RunConfig):
-    """run.model with its stem resolved for the run's first global crop (the input size the backbone is built for)."""
-    size = next(spec.size for spec in run.views.crops if spec.role == "global")
-    model = run.model.model_copy(update={"stem": run.model.resolved_stem(size)})
-    model._image_size = size
-    return model
+def backbone_image_size(run: RunConfig) -> int:
+    """The input size the run's backbone is built for: its first global crop's (a ViT's patch grid, the auto stem)."""
+    return next(spec.size for spec in run.views.crops if spec.role == "global")
+
+
+def build_run_backbone(run: RunConfig, in_channels: int) -> nn.Module:
+    """The backbone run.model names, for `in_channels` channels at backbone_image_size (its stem resolved for it)."""
+    return build_backbone(run.model, in_channels, backbone_image_size(run))
 
 
 def build_method(run: RunConfig, in_channels: int) -> nn.Module:
+    backbone = build_run_backbone(run, in_channels)
     if run.method.name.startswith("logo-"):
-        return LoGo(backbone_config(run), run.method, in_channels, view_roles(run))
-    return METHODS[run.method.name](backbone_config(run), run.method, in_channels)
+        return LoGo(backbone, backbone.out_dim, run.model, run.method, view_roles(run))
+    return METHODS[run.method.name](backbone, backbone.out_dim, run.model, run.method)

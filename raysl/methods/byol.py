@@ -10,7 +10,7 @@ from torch import nn
 
 from raysl.config import BYOLConfig, ModelConfig
 from raysl.methods.momentum import cosine_momentum, ema_update, momentum_copy
-from raysl.models import build_backbone, mlp
+from raysl.models import mlp
 
 
 def regression_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -25,11 +25,11 @@ def byol_loss(q1: torch.Tensor, q2: torch.Tensor, target1: torch.Tensor, target2
 
 
 class BYOL(nn.Module):
-    def __init__(self, model: ModelConfig, method: BYOLConfig, in_channels: int):
+    def __init__(self, backbone: nn.Module, out_dim: int, model: ModelConfig, method: BYOLConfig):
         super().__init__()
         self.config = method
-        self.backbone = build_backbone(model, in_channels)
-        self.projector = mlp(self.backbone.out_dim, model.projector_hidden, model.projector_out)
+        self.backbone = backbone
+        self.projector = mlp(out_dim, model.projector_hidden, model.projector_out)
         self.predictor = mlp(model.projector_out, method.predictor_hidden, model.projector_out)
         self.target = momentum_copy(nn.Sequential(self.backbone, self.projector))
 

@@ -92,11 +92,13 @@ def local_local_loss(affinity: nn.Module, local_embeddings: list[torch.Tensor]) 
 class LoGo(nn.Module):
     """LoGo over a base method ('logo-moco' or 'logo-simsiam'); `roles` gives each view's crop role."""
 
-    def __init__(self, model: ModelConfig, method: LoGoMoCoConfig | LoGoSimSiamConfig, in_channels: int, roles: list[str]):
+    def __init__(self, backbone: nn.Module, out_dim: int, model: ModelConfig, method: LoGoMoCoConfig | LoGoSimSiamConfig,
+                 roles: list[str]):
         super().__init__()
         self.config = method
         self.roles = list(roles)
-        self.base = MoCo(model, method, in_channels) if method.name == "logo-moco" else SimSiam(model, method, in_channels)
+        base = MoCo if method.name == "logo-moco" else SimSiam
+        self.base = base(backbone, out_dim, model, method)
         self.affinity = Affinity(model.projector_out, method.affinity_hidden)
         self.last_terms: dict[str, torch.Tensor] = {}
         """The last step's loss terms, detached (read once an epoch: no device sync per step)."""

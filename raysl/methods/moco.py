@@ -23,7 +23,7 @@ from torch import nn
 from raysl.config import MoCoConfig, ModelConfig
 from raysl.methods.distributed import gather_no_grad, rank_and_world_size
 from raysl.methods.momentum import cosine_momentum, ema_update, momentum_copy
-from raysl.models import build_backbone, mlp
+from raysl.models import mlp
 
 
 def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -79,11 +79,11 @@ def shuffled_keys(encoder: nn.Module, images: torch.Tensor, groups: int) -> tupl
 
 
 class MoCo(nn.Module):
-    def __init__(self, model: ModelConfig, method: MoCoConfig, in_channels: int):
+    def __init__(self, backbone: nn.Module, out_dim: int, model: ModelConfig, method: MoCoConfig):
         super().__init__()
         self.config = method
-        self.backbone = build_backbone(model, in_channels)
-        self.projector = mlp(self.backbone.out_dim, model.projector_hidden, model.projector_out)
+        self.backbone = backbone
+        self.projector = mlp(out_dim, model.projector_hidden, model.projector_out)
         self.key_encoder = momentum_copy(nn.Sequential(self.backbone, self.projector))
         self.queue = KeyQueue(model.projector_out, method.queue_size)
 

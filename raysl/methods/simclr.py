@@ -8,7 +8,7 @@ from torch import nn
 
 from raysl.config import ModelConfig, SimCLRConfig
 from raysl.methods.distributed import gather_with_grad, rank_and_world_size
-from raysl.models import build_backbone, mlp
+from raysl.models import mlp
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,11 +39,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 class SimCLR(nn.Module):
     """Backbone + projector; the loss of two views is NT-Xent of their projections."""
 
-    def __init__(self, model: ModelConfig, method: SimCLRConfig, in_channels: int):
+    def __init__(self, backbone: nn.Module, out_dim: int, model: ModelConfig, method: SimCLRConfig):
         super().__init__()
         self.temperature = method.temperature
-        self.backbone = build_backbone(model, in_channels)
-        self.projector = mlp(self.backbone.out_dim, model.projector_hidden, model.projector_out)
+        self.backbone = backbone
+        self.projector = mlp(out_dim, model.projector_hidden, model.projector_out)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         first, second = views

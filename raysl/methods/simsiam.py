@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import ModelConfig, SimSiamConfig
-from raysl.models import build_backbone, mlp
+from raysl.models import mlp
 
 
 def negative_cosine(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -23,10 +23,10 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 class SimSiam(nn.Module):
     """Backbone + projector (last layer batch-normed, as in the paper) + bottleneck predictor."""
 
-    def __init__(self, model: ModelConfig, method: SimSiamConfig, in_channels: int):
+    def __init__(self, backbone: nn.Module, out_dim: int, model: ModelConfig, method: SimSiamConfig):
         super().__init__()
-        self.backbone = build_backbone(model, in_channels)
-        self.projector = mlp(self.backbone.out_dim, model.projector_hidden, model.projector_out, last_bn=True)
+        self.backbone = backbone
+        self.projector = mlp(out_dim, model.projector_hidden, model.projector_out, last_bn=True)
         self.predictor = mlp(model.projector_out, method.predictor_hidden, model.projector_out)
 
     def project(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from raysl.config import ModelConfig, WMSEConfig
 from raysl.methods.distributed import gather_with_grad, rank_and_world_size
-from raysl.models import build_backbone, mlp
+from raysl.models import mlp
 
 
 class WhiteningError(RuntimeError):
@@ -76,11 +76,11 @@ def wmse_loss(embeddings: list[torch.Tensor], w_size: int, eps: float, permutati
 
 
 class WMSE(nn.Module):
-    def __init__(self, model: ModelConfig, method: WMSEConfig, in_channels: int):
+    def __init__(self, backbone: nn.Module, out_dim: int, model: ModelConfig, method: WMSEConfig):
         super().__init__()
         self.config = method
-        self.backbone = build_backbone(model, in_channels)
-        self.projector = mlp(self.backbone.out_dim, model.projector_hidden, model.projector_out)
+        self.backbone = backbone
+        self.projector = mlp(out_dim, model.projector_hidden, model.projector_out)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         n = views[0].shape[0]

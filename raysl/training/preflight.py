@@ -76,13 +76,12 @@ def check_init_from(run: RunConfig, data_uri: str, where: str = "") -> None:
     import torch
 
     from raysl.ingest.dataset import channels_of, read_manifest
-    from raysl.methods import backbone_config
-    from raysl.models import build_backbone
+    from raysl.methods import build_run_backbone
     from raysl.training.checkpoint import fitting_weights
 
     try:
         with torch.device("meta"):  # names and shapes only: no weights allocated, no method heads built
-            backbone = build_backbone(backbone_config(run), channels_of(read_manifest(data_uri)))
+            backbone = build_run_backbone(run, channels_of(read_manifest(data_uri)))
         fitting_weights(backbone, run.init_from)
     except UserError as error:
         text = str(error)
