@@ -6,8 +6,8 @@ the errors a user can make are UserErrors naming the path, before Ray starts."""
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from raysl.config import RunConfig
-from raysl.ingest.dataset import load_split, read_manifest
 from raysl.data.eval_images import EvalImages
-from raysl.ingest.dataset import channels_of, split_labels
 from raysl.errors import UserError
-from raysl.exporting import export_backbone, load_backbone
+from raysl.export.formats import export_backbone
+from raysl.ingest.dataset import channels_of, load_split, read_manifest, split_labels
 from raysl.io.storage import read_text
 from raysl.ray_glue.embed import embed
+from raysl.training.checkpoint import load_backbone
 from raysl.training.loop import Trainer
 
 MEAN, STD = 0.4, 0.25  # the checkpoint's recorded normalisation (not the dataset's): embed must use it
@@ -112,7 +112,6 @@ def test_without_ray_running_embed_starts_its_own_and_stops_it_from_and_to_s3(tm
     if ray.is_initialized():
         pytest.skip("Ray already runs in this process")
     import pyarrow.fs as pafs
-
     from conftest import moto_s3
 
     _, export = gray
@@ -217,7 +216,7 @@ def test_a_damaged_shard_is_named_not_a_ray_traceback(local_ray, tmp_path, tiny_
 
 
 def test_splits_labels_and_shard_paths_without_ray(tiny_dataset):
-    from raysl.embedding import chosen_splits, label_columns, split_of_shards, splits_of_paths
+    from raysl.export.embedding import chosen_splits, label_columns, split_of_shards, splits_of_paths
 
     manifest = read_manifest(tiny_dataset)
     assert chosen_splits(manifest, tiny_dataset, "all") == ["train", "test"]

@@ -13,7 +13,7 @@ from raysl.methods.moco import MoCo
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
 from raysl.methods.wmse import WMSE
-from raysl.models import build_backbone
+from raysl.methods.backbones import build_backbone
 
 METHODS: dict[str, type[nn.Module]] = {
     "simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL, "wmse": WMSE,

@@ -10,7 +10,7 @@ from torch import nn
 
 from raysl.config import BYOLConfig, ModelConfig
 from raysl.methods.momentum import cosine_momentum, ema_update, momentum_copy
-from raysl.models import mlp
+from raysl.methods.backbones import mlp
 
 
 def regression_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

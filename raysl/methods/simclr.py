@@ -8,7 +8,7 @@ from torch import nn
 
 from raysl.config import ModelConfig, SimCLRConfig
 from raysl.methods.distributed import gather_with_grad, rank_and_world_size
-from raysl.models import mlp
+from raysl.methods.backbones import mlp
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import ModelConfig, SimSiamConfig
-from raysl.models import mlp
+from raysl.methods.backbones import mlp
 
 
 def negative_cosine(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

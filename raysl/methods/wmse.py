@@ -25,7 +25,7 @@ from torch import nn
 
 from raysl.config import ModelConfig, WMSEConfig
 from raysl.methods.distributed import gather_with_grad, rank_and_world_size
-from raysl.models import mlp
+from raysl.methods.backbones import mlp
 
 
 class WhiteningError(RuntimeError):

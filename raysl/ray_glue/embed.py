@@ -7,7 +7,7 @@ CLI: `raysl embed SOURCE DATA --out URI [--split all|NAME[,NAME]] [--dtype float
 [--actors N] [--gpu]` (raysl/cli.py), and raysl.embed (raysl/api.py).
 
 What it does: every row of the chosen splits is brought to the backbone's input as the kNN monitor brings its
-evaluation images and embedded by the monitor's feature function (raysl.embedding: L2-normalised backbone
+evaluation images and embedded by the monitor's feature function (raysl.export.embedding: L2-normalised backbone
 output, eval mode, the source's recorded normalisation), so an embedding is exactly the feature the monitor
 scores. Everything a user can get wrong (source, data, split, dtype, channels, an input the backbone cannot
 take, a non-empty out) is a UserError before Ray starts; a damaged shard found during the run is a
@@ -47,7 +47,7 @@ import pyarrow.dataset
 import ray
 import torch
 
-from raysl.embedding import (
+from raysl.export.embedding import (
     DTYPES,
     EMBEDDINGS_DIR,
     SUMMARY_FILE,

@@ -32,7 +32,7 @@ def export_best(trial: str, path: str, log=print) -> None:
     if is_remote(path):
         log(f"best backbone: raysl export {path} --out best_backbone")
         return
-    from raysl.exporting import export_backbone
+    from raysl.export.formats import export_backbone
 
     try:
         export_backbone(trial_run_dir(path, trial), f"{path}/best_backbone", log=lambda text: None)

@@ -3,7 +3,7 @@ was trained with, its input statistics, the backbone it holds (or an export dire
 into a new run's method (init_from). Pure torch: no Ray.
 
 `raysl eval`, `raysl export`, `raysl embed`, the Python API and the Trainer (init_from) all read checkpoints
-through these functions; raysl.exporting writes exports (the files named here).
+through these functions; raysl.export.formats writes exports (the files named here).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def load_backbone(path: str) -> nn.Module:
     """The backbone of an export directory (model.json + backbone.pt) or of a checkpoint (directory, state.pt
     or run directory), in eval mode, on CPU. Its `out_dim` is the feature width; inputs as model.json says."""
     from raysl.config import ModelConfig
-    from raysl.models import build_backbone
+    from raysl.methods.backbones import build_backbone
 
     directory = Path(os.path.expanduser(path))
     if (directory / MODEL_FILE).exists():

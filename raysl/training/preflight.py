@@ -132,8 +132,8 @@ def validate_init_from(run: RunConfig, where: str, log=print) -> None:
     """init_from loads, and fits the model when the dataset (its channel count) is already prepared."""
     if not run.init_from:
         return
-    from raysl.exporting import load_backbone
     from raysl.ingest.dataset import read_manifest
+    from raysl.training.checkpoint import load_backbone
 
     try:
         uri = resolve_data(run, log) if run.data.path else None

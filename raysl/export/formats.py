@@ -26,8 +26,7 @@ from typing import Any
 import torch
 
 from raysl.errors import UserError
-# The files of an export, and its reader (raysl.exporting.load_backbone, as before: it lives with the checkpoint readers)
-from raysl.training.checkpoint import MODEL_FILE, STATE_FILE, load_backbone  # noqa: F401
+from raysl.training.checkpoint import MODEL_FILE, STATE_FILE
 
 TORCHSCRIPT_FILE = "backbone.torchscript.pt"
 ONNX_FILE = "backbone.onnx"

@@ -75,10 +75,15 @@ def _loaded(path: str, state: dict | None = None):
 def open_source(path: str, log=print) -> EmbedSource:
     """The backbone of `path` (an export or a checkpoint) with its input normalisation and run config; a
     UserError naming `path` when it is neither, or cannot be loaded."""
-    from raysl.exporting import best_trial_run
+    from raysl.export.formats import best_trial_run
     from raysl.io.storage import absolute_path, exists, is_remote
     from raysl.training.checkpoint import (
-        MODEL_FILE, STATE_FILE, checkpoint_input, find_checkpoint, load_checkpoint, recorded_run_config,
+        MODEL_FILE,
+        STATE_FILE,
+        checkpoint_input,
+        find_checkpoint,
+        load_checkpoint,
+        recorded_run_config,
         run_config_of_checkpoint,
     )
 
