@@ -2,7 +2,7 @@
 (raysl.ray_glue.embed runs it with Ray Data).
 
 The images are brought to the backbone's input exactly as the kNN monitor brings its evaluation images
-(raysl.data.rows.EvalImages): a pixels dataset at its own stored shape (to_shape), an encoded one by the
+(raysl.data.eval_images.EvalImages): a pixels dataset at its own stored shape (to_shape), an encoded one by the
 evaluation transform (raysl.views.evaluation.eval_images: short side to eval_size / crop_fraction, centre crop
 eval_size, with the run's evaluation.image_size / crop_fraction), shaped by raysl.data.pretraining.main_shape.
 The features are the monitor's own (raysl.training.monitor.extract_features): the source's recorded input

@@ -6,7 +6,7 @@ test split (the queries), brought to the model's input shape, with the label set
 the main dataset's `evaluation.label_sets`, and `label` for each pool dataset. Results are named
 `<dataset>:<label set>`; the monitor's `knn_top1` is the main dataset's first label set.
 
-The images are read on demand (raysl.data.rows.EvalImages), never all held: with a process group, every rank
+The images are read on demand (raysl.data.eval_images.EvalImages), never all held: with a process group, every rank
 computes the features of its share of the bank and of the queries; the bank's features are gathered (every
 rank then holds the whole bank, as float16 on its device by default), each rank scores its own queries against
 the whole bank, and the counts are summed. One rank gives the same figure (tested). Memory is features (a
