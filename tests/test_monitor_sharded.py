@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import spawn_and_wait
 from raysl.config import RunConfig
 from raysl.data.conditions import to_shape
 from raysl.data.prepare import load_split, read_manifest
@@ -119,7 +120,7 @@ def test_two_ranks_give_the_one_rank_figure_and_the_in_memory_one(encoded_datase
     assert one_rank == pytest.approx(in_memory, abs=1e-6)  # float16 features, streamed: the same figure
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_sharded_worker, args=(str(tmp_path / "init"), encoded_dataset, results), nprocs=2, join=True)
+        spawn_and_wait(_sharded_worker, (str(tmp_path / "init"), encoded_dataset, results), nprocs=2, timeout=300)
         results = dict(results)
     assert results[0]["knn_top1"] == results[1]["knn_top1"] == pytest.approx(one_rank, abs=1e-6)
     assert results[1]["rows"] == []  # rank 0 scores the full evaluation
@@ -191,5 +192,5 @@ def test_a_rank_without_queries_still_takes_part(tiny_dataset, tmp_path):
     one_rank = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1).evaluate(load_eval_sets(run, tiny_dataset))["knn_top1"]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_tiny_share_worker, args=(str(tmp_path / "init"), tiny_dataset, results), nprocs=2, join=True)
+        spawn_and_wait(_tiny_share_worker, (str(tmp_path / "init"), tiny_dataset, results), nprocs=2, timeout=300)
         assert results[0] == results[1] == one_rank
