@@ -77,8 +77,10 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_checkpoint(tmp_path):
 
 
 def test_in_process_training_learns_and_resumes(tiny_dataset, tmp_path):
+    # 512 of the 2000 images and a smaller evaluation: what the epochs, the figure and the resume need
     run = RunConfig.model_validate(
         {**SMALL, "batch_size": 64, "epochs": 2, "storage_path": str(tmp_path), "name": "local",
+         "data": {"path": tiny_dataset, "train_limit": 512}, "evaluation": {"bank_limit": 1000, "query_limit": 200},
          "optimizer": {"lr": 0.01}, "schedule": {"warmup_epochs": 0}}
     )
     lines = []
