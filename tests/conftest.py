@@ -1,4 +1,5 @@
-"""Shared fixtures: a small, learnable, prepared dataset made here (no downloads)."""
+"""Shared fixtures: a small, learnable, prepared dataset made here (no downloads); Fashion-MNIST where it is
+installed (an error under CI, a skip elsewhere); helpers that wait for child processes with a deadline."""
 
 from __future__ import annotations
 
@@ -20,6 +21,80 @@ import numpy as np
 import pytest
 
 from raysl.ingest.prepare import prepare
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def in_ci() -> bool:
+    """CI sets CI=true (.ci/run runs there): a test that needs something missing fails instead of skipping."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_fashion_mnist() -> Path:
+    """Debian's Fashion-MNIST (make data): skipped without it on a developer's machine, an error in CI, where
+    `.ci/run` installs it and a skip would hide the tests that need it."""
+    if not FASHION_MNIST.is_dir():
+        message = f"Fashion-MNIST not installed at {FASHION_MNIST} (make data: Debian's dataset-fashion-mnist)"
+        if in_ci():
+            pytest.fail(f"{message}; CI must have it", pytrace=False)
+        pytest.skip(message)
+    return FASHION_MNIST
+
+
+@pytest.fixture
+def fashion_mnist() -> Path:
+    return require_fashion_mnist()
+
+
+def collect_from(processes, queue, count: int, timeout: float) -> list:
+    """`count` items from a multiprocessing queue that `processes` fill, within `timeout` seconds; fails naming the
+    processes' exit codes when one dies first or the time runs out (and terminates them), instead of hanging."""
+    import queue as queues
+    import time
+
+    deadline, items = time.monotonic() + timeout, []
+    try:
+        while len(items) < count:
+            try:
+                items.append(queue.get(timeout=1.0))
+                continue
+            except queues.Empty:
+                pass
+            codes = [process.exitcode for process in processes]
+            if any(code not in (None, 0) for code in codes):
+                pytest.fail(f"a child process died before sending its result: exit codes {codes}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"{len(items)} of {count} results after {timeout:.0f} s; exit codes {codes}", pytrace=False)
+        for process in processes:
+            process.join(timeout=max(1.0, deadline - time.monotonic()))
+            assert process.exitcode == 0, f"a child process exited {process.exitcode} (None: still running)"
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+    return items
+
+
+def spawn_and_wait(function, args: tuple, nprocs: int, timeout: float) -> None:
+    """torch.multiprocessing.spawn(join=False), then joined within `timeout` seconds: a rank's exception is raised
+    as spawn's own is; a rank still running at the deadline (a collective that never completes) fails the test."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(function, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                codes = [process.exitcode for process in context.processes]
+                pytest.fail(f"{nprocs} spawned ranks still running after {timeout:.0f} s (exit codes {codes})", pytrace=False)
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

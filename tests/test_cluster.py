@@ -31,7 +31,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 AUGMENT = {ROLE: "augment"}
 TRAIN = {ROLE: "train"}
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _cluster_env() -> dict[str, str]:
@@ -141,8 +140,7 @@ def roles_of(cluster: LocalCluster) -> dict[str, str]:
 # ----------------------------------------------------------------------------- submitting and placement
 
 
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
-def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(cluster, tmp_path):
+def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(fashion_mnist, cluster, tmp_path):
     """`ray job submit --working-dir .` of the quickstart sweep with --smoke: SUCCEEDED, the job's last line
     is the experiment path, the leaderboard is in storage, reads/augmentation ran on the augment node
     and Train workers on train nodes."""

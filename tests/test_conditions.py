@@ -201,8 +201,8 @@ def test_plan_and_full_evaluation_on_a_prepared_dataset(tiny_dataset):
     trainer = Trainer(run, 1, manifest["mean"], manifest["std"], steps_per_epoch=1)
     rows = trainer.full_evaluation(sets)
     assert [(row["budget"], row["bank_size"]) for row in rows] == [("5-per-class", 50), ("all", 2000)]
-    for row in rows:
-        assert 0 <= row["knn_top1"] <= row["knn_top5"] <= 1 and 0 <= row["probe_top1"] <= row["probe_top5"] <= 1
+    for row in rows:  # 10 classes (chance 0.1) that even an untrained backbone's features tell apart
+        assert 0.5 < row["knn_top1"] <= row["knn_top5"] <= 1 and 0.5 < row["probe_top1"] <= row["probe_top5"] <= 1
 
 
 def test_weight_zero_gets_nothing_and_shares_sum_to_the_epoch():

@@ -106,11 +106,13 @@ def test_user_errors_name_the_path_before_ray_starts(tmp_path, tiny_dataset, enc
 
 
 @pytest.mark.slow
-def test_without_ray_running_embed_starts_its_own_and_stops_it_from_and_to_s3(tmp_path, tiny_dataset, gray):
+def test_without_ray_running_embed_starts_its_own_and_stops_it_from_and_to_s3(tmp_path, tiny_dataset, gray, monkeypatch):
     # Before local_ray (file order): embed starts an embedded Ray (its workers inherit the S3 server's
     # environment), reads the shards from S3, writes the embeddings and embed.json there, and shuts Ray down.
-    if ray.is_initialized():
-        pytest.skip("Ray already runs in this process")
+    # No Ray is connected here between tests (every fixture that connects one disconnects at its end), so this
+    # always runs: a Ray left connected is a failure, not a skip.
+    assert not ray.is_initialized(), "a Ray connection was left open by an earlier test or fixture"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # an embedded Ray, started after the S3 server's environment
     import pyarrow.fs as pafs
     from conftest import moto_s3
 

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import collect_from
 from raysl.methods.byol import byol_loss
 from raysl.methods.distributed import gather_with_grad
 from raysl.methods.moco import KeyQueue, shuffled_keys
@@ -74,14 +75,11 @@ def test_two_gloo_ranks_agree_with_one_process(tmp_path):
     data = inputs()
     expected = single_process(data)
     context = mp.get_context("spawn")
-    results = context.SimpleQueue()
+    results = context.Queue()
     processes = [context.Process(target=_worker, args=(rank, str(tmp_path / "init"), data, results)) for rank in range(WORLD)]
     for process in processes:
         process.start()
-    got = dict(results.get() for _ in range(WORLD))
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    got = dict(collect_from(processes, results, WORLD, timeout=120))
     # W-MSE: every rank computes the global loss; gradients reach each rank's own rows.
     for rank in range(WORLD):
         assert got[rank]["wmse"] == pytest.approx(expected["wmse"], rel=1e-5)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import spawn_and_wait, synthetic_images
 from raysl.config import RunConfig
 from raysl.data.conditions import to_shape
 from raysl.ingest.dataset import load_split, read_manifest
@@ -119,7 +120,7 @@ def test_two_ranks_give_the_one_rank_figure_and_the_in_memory_one(encoded_datase
     assert one_rank == pytest.approx(in_memory, abs=1e-6)  # float16 features, streamed: the same figure
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_sharded_worker, args=(str(tmp_path / "init"), encoded_dataset, results), nprocs=2, join=True)
+        spawn_and_wait(_sharded_worker, (str(tmp_path / "init"), encoded_dataset, results), nprocs=2, timeout=300)
         results = dict(results)
     assert results[0]["knn_top1"] == results[1]["knn_top1"] == pytest.approx(one_rank, abs=1e-6)
     assert results[1]["rows"] == []  # rank 0 scores the full evaluation
@@ -136,14 +137,21 @@ def test_float32_features_keep_the_figure_exactly(tiny_dataset):
 
 
 def test_in_memory_eval_sets_still_work():
-    images = torch.randint(0, 256, (64, 28, 28, 1), dtype=torch.uint8)
-    labels = torch.arange(64) % 4
-    eval_set = EvalSet("random", images, images[:16], {"label": (labels, labels[:16], 4)})
+    # conftest's synthetic classes (a bright square whose position is the class): an untrained backbone's features
+    # already tell them apart, so the figure is far above chance (0.1) when images, labels and the bank line up,
+    # and near it when they do not (the bank's labels shuffled)
+    bank, bank_labels = (torch.from_numpy(array) for array in synthetic_images(200, seed=0))
+    query, query_labels = (torch.from_numpy(array) for array in synthetic_images(50, seed=1))
+    bank_labels, query_labels = bank_labels.long(), query_labels.long()
+    eval_set = EvalSet("synthetic", bank[..., None], query[..., None], {"label": (bank_labels, query_labels, 10)})
     assert isinstance(eval_set.bank_images, ArrayImages)
     run = RunConfig.model_validate({**SMALL, "evaluation": {"knn_k": 5}})
     trainer = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1)
     metrics, queries = monitor_metrics(trainer.method.backbone, [eval_set], run.evaluation, trainer.feature_options())
-    assert 0 <= metrics["knn_top1"] <= 1 and queries.shape == (16, 32) and queries.dtype == torch.float16
+    assert metrics["knn_top1"] > 0.6 and queries.shape == (50, 32) and queries.dtype == torch.float16
+    shuffled = bank_labels[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    wrong = EvalSet("synthetic", bank[..., None], query[..., None], {"label": (shuffled, query_labels, 10)})
+    assert monitor_metrics(trainer.method.backbone, [wrong], run.evaluation, trainer.feature_options())[0]["knn_top1"] < 0.4
 
 
 def test_the_monitor_runs_every_n_epochs_and_the_last(tiny_dataset, tmp_path):
@@ -191,7 +199,7 @@ def test_a_rank_without_queries_still_takes_part(tiny_dataset, tmp_path):
     one_rank = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=1).evaluate(load_eval_sets(run, tiny_dataset))["knn_top1"]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_tiny_share_worker, args=(str(tmp_path / "init"), tiny_dataset, results), nprocs=2, join=True)
+        spawn_and_wait(_tiny_share_worker, (str(tmp_path / "init"), tiny_dataset, results), nprocs=2, timeout=300)
         assert results[0] == results[1] == one_rank
 
 

@@ -126,24 +126,32 @@ def test_an_idle_scheduling_step_sleeps_instead_of_spinning(monkeypatch):
     # Ray Data's executor loop waits only while a task is active; raysl's patch makes an idle step sleep
     # 10 ms (two SplitCoordinators used 387 s of CPU in a 2-trial sweep without it) and leaves busy ones alone.
     import time
+    import types
 
     from ray.data._internal.execution import streaming_executor
 
     from raysl.ray_glue import data_patches
 
-    calls = []
-    monkeypatch.setattr(streaming_executor, "process_completed_tasks", lambda topology, *args, **kwargs: calls.append(topology) or 0)
+    events = []
+    monkeypatch.setattr(streaming_executor, "process_completed_tasks",
+                        lambda topology, *args, **kwargs: events.append(("process", topology)) or 0)
+    real_sleep = time.sleep
+
+    def sleep(seconds):  # recorded, and really slept: the idle step waits at least that long
+        events.append(("sleep", seconds))
+        real_sleep(seconds)
+
+    monkeypatch.setattr(data_patches, "time", types.SimpleNamespace(sleep=sleep))
     assert data_patches.install()
     wrapped = streaming_executor.process_completed_tasks
     assert data_patches.install() and streaming_executor.process_completed_tasks is wrapped  # idempotent
     idle, busy = {_FakeOp([]): None}, {_FakeOp([object()]): None}
     started = time.perf_counter()
     wrapped(idle)
-    idle_seconds, started = time.perf_counter() - started, time.perf_counter()
+    assert time.perf_counter() - started >= data_patches.IDLE_SLEEP_S
     wrapped(busy)
-    busy_seconds = time.perf_counter() - started
-    assert idle_seconds >= data_patches.IDLE_SLEEP_S * 0.9 and busy_seconds < data_patches.IDLE_SLEEP_S / 2
-    assert calls == [idle, busy]
+    # the idle step sleeps once, before Ray's own step; the busy one goes straight to it
+    assert events == [("sleep", data_patches.IDLE_SLEEP_S), ("process", idle), ("process", busy)]
 
 
 def test_only_several_workers_split_the_view_dataset():

@@ -102,8 +102,8 @@ def test_idx_corrupt_file_is_named(idx_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(DEFAULT_SOURCES["fashion-mnist"]), reason="dataset-fashion-mnist not installed")
-def test_real_fashion_mnist(tmp_path):
+def test_real_fashion_mnist(fashion_mnist, tmp_path):  # skipped without Debian's package, an error under CI
+    assert DEFAULT_SOURCES["fashion-mnist"] == str(fashion_mnist)
     manifest = prepare("fashion-mnist", None, str(tmp_path / "fm"), **QUIET)
     assert manifest["splits"]["train"]["count"] == 60000 and manifest["splits"]["test"]["count"] == 10000
     assert set(manifest["splits"]["train"]["class_counts"].values()) == {6000}

@@ -108,8 +108,13 @@ def real_experiment(tiny_dataset, tmp_path_factory) -> Path:
         code = main(["sweep", str(QUICKSTART), "--smoke", *[arg for item in overrides for arg in ("--set", item)]])
     assert code == 0, output.getvalue()[-3000:]
     experiment = Path(output.getvalue().strip().splitlines()[-1])
-    if not (experiment / "sweep.yaml").exists():  # until run_sweep writes it
-        (experiment / "sweep.yaml").write_text(dump_yaml(load_sweep_config(QUICKSTART, overrides, smoke=True)))
+    # The sweep writes sweep.yaml itself (what `raysl report` reads: search keys, epochs; docs/configuration.md):
+    # the validated smoke sweep with the overrides, nothing made up here.
+    assert (experiment / "sweep.yaml").is_file(), f"the sweep wrote no sweep.yaml in {experiment}"
+    written = load_sweep_config(experiment / "sweep.yaml")
+    expected = load_sweep_config(QUICKSTART, overrides, smoke=True)
+    assert written.base.epochs == expected.base.epochs == 1 and list(written.search) == list(expected.search)
+    assert Path(written.storage_path) == Path(overrides[1].split("=", 1)[1])
     return experiment
 
 

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from conftest import collect_from
 from raysl.methods.simclr import nt_xent
 
 
@@ -70,16 +71,13 @@ def test_two_process_gather_equals_one_process(tmp_path):
     expected.backward()
 
     context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
+    queue = context.Queue()
     processes = [
         context.Process(target=_gather_worker, args=(rank, 2, str(tmp_path / "init"), z1, z2, queue)) for rank in range(2)
     ]
     for process in processes:
         process.start()
-    results = sorted(queue.get() for _ in range(2))
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = sorted(collect_from(processes, queue, 2, timeout=120), key=lambda result: result[0])
     mean_loss = sum(loss for _, loss, _, _ in results) / 2
     assert mean_loss == pytest.approx(expected.item(), rel=1e-5)
     grad1 = torch.cat([g1 for _, _, g1, _ in results])

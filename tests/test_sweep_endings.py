@@ -156,8 +156,7 @@ def _readme_example() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed (make data)")
-def test_the_readmes_python_api_example_runs(tmp_path, monkeypatch):
+def test_the_readmes_python_api_example_runs(fashion_mnist, tmp_path, monkeypatch):  # an error without it under CI
     example = _readme_example()
     assert len(example.strip().splitlines()) <= 12
     (tmp_path / "sweeps").symlink_to(ROOT / "sweeps")

@@ -77,8 +77,10 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_checkpoint(tmp_path):
 
 
 def test_in_process_training_learns_and_resumes(tiny_dataset, tmp_path):
+    # 512 of the 2000 images and a smaller evaluation: what the epochs, the figure and the resume need
     run = RunConfig.model_validate(
         {**SMALL, "batch_size": 64, "epochs": 2, "storage_path": str(tmp_path), "name": "local",
+         "data": {"path": tiny_dataset, "train_limit": 512}, "evaluation": {"bank_limit": 1000, "query_limit": 200},
          "optimizer": {"lr": 0.01}, "schedule": {"warmup_epochs": 0}}
     )
     lines = []
@@ -93,23 +95,32 @@ def test_in_process_training_learns_and_resumes(tiny_dataset, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3]
 
 
-def test_the_loop_measures_its_wait_for_data():
-    import time
+def test_the_loop_measures_its_wait_for_data(monkeypatch):
+    # A clock of the test's own (the loop's time.perf_counter): the input pipeline takes 0.2 s a batch and each
+    # forward pass 0.05 s on it, whatever this machine's speed; the loop must count exactly the pipeline's part as
+    # its wait for data, and the whole as train_seconds.
+    import types
 
+    import raysl.training.loop as loop
+
+    now = [100.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     run = RunConfig.model_validate(SMALL)
     batches = view_batches(run, 3)
 
     def slow_pipeline():
         for views in batches:
-            time.sleep(0.2)  # an input pipeline that cannot keep up
+            now[0] += 0.2  # an input pipeline that cannot keep up
             yield views
 
     trainer = Trainer(run, 1, [0.5], [0.25], steps_per_epoch=3)
+    trainer.model.register_forward_hook(lambda *args: now.__setitem__(0, now[0] + 0.05))  # compute
     starved = trainer.train_epoch(slow_pipeline())
-    assert 0.6 <= starved["data_wait_seconds"] < 0.6 + 0.1 and starved["data_wait_fraction"] > 0.3
+    assert starved["data_wait_seconds"] == pytest.approx(0.6) and starved["train_seconds"] == pytest.approx(0.75)
+    assert starved["data_wait_fraction"] == pytest.approx(0.8)
     fed = trainer.train_epoch(iter(batches))
-    assert fed["data_wait_seconds"] < 0.01 and fed["data_wait_fraction"] < 0.05
-    assert fed["data_wait_seconds"] <= fed["train_seconds"]
+    assert fed["data_wait_seconds"] == 0 and fed["data_wait_fraction"] == 0 and fed["train_seconds"] == pytest.approx(0.15)
+    assert fed["images_per_s"] == pytest.approx(3 * run.batch_size / 0.15)
 
 
 @pytest.mark.slow
