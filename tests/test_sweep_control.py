@@ -26,10 +26,12 @@ import torch
 import yaml
 
 import raysl.api as api
+import raysl.ray_glue.sweep_end as sweep_end
+import raysl.ray_glue.trial as trial_glue
 import raysl.ray_glue.tune as tune_glue
 from raysl.cli import INTERRUPTED, main
 from raysl.config import RunConfig, load_sweep_config
-from raysl.report import ENDING_FILE
+from raysl.report.experiment import ENDING_FILE
 from tests.test_ray_integration import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +63,11 @@ class FakeTuner:
 
 @pytest.fixture
 def fake_tune(monkeypatch):
-    """Tune replaced (see FakeTuner); the sweep each run_sweep trains (what _trainable got) recorded; no Ray."""
+    """Tune replaced (see FakeTuner); the sweep each run_sweep trains (what trial_trainable got) recorded; no Ray."""
     FakeTuner.made, FakeTuner.restored, FakeTuner.raises = [], [], KeyboardInterrupt
     trained: list = []
     monkeypatch.setattr(tune_glue.tune, "Tuner", FakeTuner)
-    monkeypatch.setattr(tune_glue, "_trainable", lambda sweep, data_uri, git_commit: trained.append(sweep) or "trainable")
+    monkeypatch.setattr(tune_glue, "trial_trainable", lambda sweep, data_uri, git_commit: trained.append(sweep) or "trainable")
     monkeypatch.setattr(api, "ray_session", _no_ray)
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # run_sweep sets it; put back afterwards
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -180,19 +182,19 @@ def test_nonfinite_txt_stops_a_retried_trial_before_it_trains(tiny_dataset, tmp_
     run_dir.mkdir(parents=True)
     recorded = "loss became nan at epoch 2, step 7; the run stops here"
     (run_dir / "nonfinite.txt").write_text(recorded)
-    monkeypatch.setattr(tune_glue.tune, "get_context", lambda: _Context("t_00001", "control"))
-    monkeypatch.setattr(tune_glue, "run_in_trial", _must_not_train)
-    monkeypatch.setattr(tune_glue, "build_trainer", _must_not_train)
-    monkeypatch.setattr(tune_glue, "configure_data_context", lambda run: None)
+    monkeypatch.setattr(trial_glue.tune, "get_context", lambda: _Context("t_00001", "control"))
+    monkeypatch.setattr(trial_glue, "run_in_trial", _must_not_train)
+    monkeypatch.setattr(trial_glue, "build_trainer", _must_not_train)
+    monkeypatch.setattr(trial_glue, "configure_data_context", lambda run: None)
     with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2, step 7"):
-        tune_glue.raysl_trial({"search": {"optimizer.lr": 0.01}}, sweep=sweep.model_dump(mode="json"),
+        trial_glue.raysl_trial({"search": {"optimizer.lr": 0.01}}, sweep=sweep.model_dump(mode="json"),
                               data_uri=tiny_dataset, git_commit="test", cwd=str(tmp_path))
     assert not list(run_dir.glob("checkpoint_*"))
 
 
 def test_nonfinite_txt_stops_a_restarted_train_worker_before_it_reads_data(tiny_dataset, tmp_path):
     """Ray Train's restart of a worker (train_loop) with the marker there: "not retried", no batch read, no report."""
-    from raysl.ray_glue.train import LoopSession, train_loop
+    from raysl.ray_glue.worker import LoopSession, train_loop
     from raysl.training.loop import NonFiniteLossError
 
     (tmp_path / "nonfinite.txt").write_text("loss became inf at epoch 1, step 3")
@@ -216,7 +218,7 @@ def test_nonfinite_txt_stops_a_restarted_train_worker_before_it_reads_data(tiny_
 def test_when_no_checkpoint_loads_the_error_names_every_file(tmp_path):
     import ray.train
 
-    from raysl.ray_glue.train import restore
+    from raysl.ray_glue.worker import restore
     from raysl.training.loop import CheckpointError, Trainer
 
     run = RunConfig.model_validate({"model": {"width": 8, "projector_hidden": 16, "projector_out": 8}, "batch_size": 8, "epochs": 4})
@@ -279,5 +281,5 @@ def test_validate_cluster_says_how_many_trials_run_at_once_on_the_files_nodes(ca
 
 def test_on_object_storage_the_sweep_prints_the_export_command_instead(tmp_path):
     lines: list[str] = []
-    tune_glue.export_best("t_00000", "s3://bucket/results/exp", log=lines.append)
+    sweep_end.export_best("t_00000", "s3://bucket/results/exp", log=lines.append)
     assert lines == ["best backbone: raysl export s3://bucket/results/exp --out best_backbone"]
