@@ -26,7 +26,7 @@ def load_backbone(path: str):
 
 
 def export(checkpoint: str, out: str, formats: tuple[str, ...] = ("state_dict",)) -> dict:
-    """Write a checkpoint's backbone to `out` (raysl.export.formats.export_backbone); returns model.json's content."""
-    from raysl.export.formats import export_backbone
+    """Write a checkpoint's backbone to `out` (raysl.outputs.export.export_backbone); returns model.json's content."""
+    from raysl.outputs.export import export_backbone
 
     return export_backbone(checkpoint, out, formats, log=lambda text: None)

@@ -166,7 +166,7 @@ def command_report(args: argparse.Namespace) -> None:
 
 
 def command_export(args: argparse.Namespace) -> None:
-    from raysl.export.formats import export_backbone
+    from raysl.outputs.export import export_backbone
 
     export_backbone(args.checkpoint, args.out, tuple(dict.fromkeys(["state_dict", *(args.format or [])])), log=_log)
     _log(args.out)

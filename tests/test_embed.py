@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from raysl.config import RunConfig
 from raysl.data.eval_images import EvalImages
 from raysl.errors import UserError
-from raysl.export.formats import export_backbone
+from raysl.outputs.export import export_backbone
 from raysl.ingest.dataset import channels_of, load_split, read_manifest, split_labels
 from raysl.io.storage import read_text
 from raysl.ray_glue.embed import embed
@@ -218,7 +218,7 @@ def test_a_damaged_shard_is_named_not_a_ray_traceback(local_ray, tmp_path, tiny_
 
 
 def test_splits_labels_and_shard_paths_without_ray(tiny_dataset):
-    from raysl.export.embedding import chosen_splits, label_columns, split_of_shards, splits_of_paths
+    from raysl.outputs.embedding import chosen_splits, label_columns, split_of_shards, splits_of_paths
 
     manifest = read_manifest(tiny_dataset)
     assert chosen_splits(manifest, tiny_dataset, "all") == ["train", "test"]

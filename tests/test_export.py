@@ -14,7 +14,7 @@ import raysl
 from raysl.cli import main
 from raysl.config import RunConfig
 from raysl.errors import UserError
-from raysl.export.formats import export_backbone
+from raysl.outputs.export import export_backbone
 from raysl.training.loop import Trainer
 
 

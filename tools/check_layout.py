@@ -50,7 +50,7 @@ STAGES: list[tuple[str, int]] = [
     ("raysl.methods", 5),  # backbones and the methods' maths
     ("raysl.training", 6),  # the epoch loop, checkpoints, monitor, probe, a run's preflight checks (no Ray)
     ("raysl.report", 7),  # results read back: experiment, leaderboard, plots (no Ray)
-    ("raysl.export", 8),  # a checkpoint's backbone exported; embedding helpers (no Ray)
+    ("raysl.outputs", 8),  # what a user takes away: exported backbones, embedding helpers (no Ray)
     ("raysl.ray_glue", 9),  # Ray Data, Train and Tune: the only Ray, over every stage it drives
     ("raysl.api", 10),  # entry points
     ("raysl.cli", 10),

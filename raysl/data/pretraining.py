@@ -18,11 +18,18 @@ import pyarrow as pa
 from raysl.config import CorruptionConfig, RunConfig
 from raysl.data.conditions import pretraining_counts, to_shape
 from raysl.data.corruptions import corrupt, describe, resized_shape, sample_grid_png
-from raysl.ingest.dataset import load_labels, load_split, read_manifest, split_files
-from raysl.ingest.shards import DamagedShardError, find_damage, shard_damage
 from raysl.data.eval_images import load_eval_split
-from raysl.ingest.dataset import channels_of, is_encoded, split_tables
 from raysl.errors import UserError
+from raysl.ingest.dataset import (
+    channels_of,
+    is_encoded,
+    load_labels,
+    load_split,
+    read_manifest,
+    split_files,
+    split_tables,
+)
+from raysl.ingest.shards import DamagedShardError, find_damage, shard_damage
 from raysl.io.storage import delete_file, read_text, write_bytes, write_text
 
 # Corruption randomness is seeded by (seed, image index); pool datasets' indices are offset so that two

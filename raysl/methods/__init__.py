@@ -7,13 +7,13 @@ from __future__ import annotations
 from torch import nn
 
 from raysl.config import RunConfig
+from raysl.methods.backbones import build_backbone
 from raysl.methods.byol import BYOL
 from raysl.methods.logo import LoGo
 from raysl.methods.moco import MoCo
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
 from raysl.methods.wmse import WMSE
-from raysl.methods.backbones import build_backbone
 
 METHODS: dict[str, type[nn.Module]] = {
     "simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL, "wmse": WMSE,

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import BYOLConfig, ModelConfig
-from raysl.methods.momentum import cosine_momentum, ema_update, momentum_copy
 from raysl.methods.backbones import mlp
+from raysl.methods.momentum import cosine_momentum, ema_update, momentum_copy
 
 
 def regression_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

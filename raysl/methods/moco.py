@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import MoCoConfig, ModelConfig
+from raysl.methods.backbones import mlp
 from raysl.methods.distributed import gather_no_grad, rank_and_world_size
 from raysl.methods.momentum import cosine_momentum, ema_update, momentum_copy
-from raysl.methods.backbones import mlp
 
 
 def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import ModelConfig, SimCLRConfig
-from raysl.methods.distributed import gather_with_grad, rank_and_world_size
 from raysl.methods.backbones import mlp
+from raysl.methods.distributed import gather_with_grad, rank_and_world_size
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysl.config import ModelConfig, WMSEConfig
-from raysl.methods.distributed import gather_with_grad, rank_and_world_size
 from raysl.methods.backbones import mlp
+from raysl.methods.distributed import gather_with_grad, rank_and_world_size
 
 
 class WhiteningError(RuntimeError):

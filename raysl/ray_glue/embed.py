@@ -7,7 +7,7 @@ CLI: `raysl embed SOURCE DATA --out URI [--split all|NAME[,NAME]] [--dtype float
 [--actors N] [--gpu]` (raysl/cli.py), and raysl.embed (raysl/api.py).
 
 What it does: every row of the chosen splits is brought to the backbone's input as the kNN monitor brings its
-evaluation images and embedded by the monitor's feature function (raysl.export.embedding: L2-normalised backbone
+evaluation images and embedded by the monitor's feature function (raysl.outputs.embedding: L2-normalised backbone
 output, eval mode, the source's recorded normalisation), so an embedding is exactly the feature the monitor
 scores. Everything a user can get wrong (source, data, split, dtype, channels, an input the backbone cannot
 take, a non-empty out) is a UserError before Ray starts; a damaged shard found during the run is a
@@ -47,7 +47,8 @@ import pyarrow.dataset
 import ray
 import torch
 
-from raysl.export.embedding import (
+from raysl.errors import UserError
+from raysl.outputs.embedding import (
     DTYPES,
     EMBEDDINGS_DIR,
     SUMMARY_FILE,
@@ -59,7 +60,6 @@ from raysl.export.embedding import (
     open_source,
     split_of_shards,
 )
-from raysl.errors import UserError
 from raysl.ray_glue.session import cluster_nodes, ray_session
 
 FILE_BYTES = 64 * 2**20  # about this much embedding data per output file (Ray's min_bytes_per_file)

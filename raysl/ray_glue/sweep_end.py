@@ -1,7 +1,7 @@
 """What a sweep leaves when it ends: the leaderboard printed, the best trial's backbone exported to best_backbone/,
 best_config.yaml with the values the best trial ended with.
 
-Imports raysl.config, raysl.report and raysl.export.
+Imports raysl.config, raysl.report and raysl.outputs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def export_best(trial: str, path: str, log=print) -> None:
     if is_remote(path):
         log(f"best backbone: raysl export {path} --out best_backbone")
         return
-    from raysl.export.formats import export_backbone
+    from raysl.outputs.export import export_backbone
 
     try:
         export_backbone(trial_run_dir(path, trial), f"{path}/best_backbone", log=lambda text: None)

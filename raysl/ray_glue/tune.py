@@ -2,7 +2,7 @@
 metric and mode, loggers and live view), run or resumed, and its ending (interrupted, stopped by the budget,
 all trials failed) said in one line; the leaderboard and best backbone written at the end.
 
-Imports raysl.config, raysl.report, raysl.export and the other raysl.ray_glue modules.
+Imports raysl.config, raysl.report, raysl.outputs and the other raysl.ray_glue modules.
 """
 
 from __future__ import annotations

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from raysl.io.storage import exists, write_bytes, write_text
-
-if TYPE_CHECKING:
-    pass
 from raysl.report.experiment import load_experiment
 from raysl.report.leaderboard import leaderboard_csv, leaderboard_markdown, leaderboard_rows
 from raysl.report.plots import plot_final_vs, plot_knn_per_epoch, plot_pbt_schedules

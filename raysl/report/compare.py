@@ -5,12 +5,7 @@ Imports raysl.report's experiment, leaderboard and plots modules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from raysl.io.storage import write_bytes, write_text
-
-if TYPE_CHECKING:
-    pass
 from raysl.report.experiment import METRIC, SET_PREFIX, Experiment, load_experiment
 from raysl.report.leaderboard import format_cell, leaderboard_csv, leaderboard_rows, markdown_cell
 from raysl.report.plots import new_figure, png

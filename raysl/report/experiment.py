@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -21,9 +21,6 @@ from pydantic import ValidationError
 from raysl.config import ASHAConfig, SweepConfig
 from raysl.errors import UserError
 from raysl.io.storage import exists, list_dirs, list_files, read_text
-
-if TYPE_CHECKING:
-    pass
 
 METRIC = "knn_top1"
 

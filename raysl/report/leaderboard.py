@@ -11,11 +11,11 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
-from raysl.report.experiment import METRIC, SET_PREFIX, Experiment
+from raysl.errors import UserError
+from raysl.io.storage import exists, read_text
+from raysl.report.experiment import METRIC, SET_PREFIX, Experiment, trial_run_dir
 
 
 def leaderboard_rows(experiment: Experiment) -> list[dict[str, Any]]:
@@ -126,3 +126,16 @@ def leaderboard_markdown(experiment: Experiment, rows: list[dict[str, Any]], plo
     if plots:
         lines += ["", "## Plots"] + [line for path in plots for line in ("", f"![{path}]({path})")]
     return "\n".join(lines) + "\n"
+
+
+def best_trial_run(uri: str, log=print) -> str:
+    """A sweep's experiment directory (it holds leaderboard.csv) -> its best trial's run directory; else `uri`."""
+    uri = uri.rstrip("/")
+    if not exists(f"{uri}/leaderboard.csv"):
+        return uri
+    rows = [row for row in csv.DictReader(io.StringIO(read_text(f"{uri}/leaderboard.csv") or ""))
+            if row.get("knn_top1") not in (None, "", "nan")]
+    if not rows:
+        raise UserError(f"{uri}: a sweep without a scored trial (leaderboard.csv); export one trial's checkpoint instead")
+    log(f"{uri}: best trial {rows[0]['trial']} (knn_top1 {rows[0]['knn_top1']})")
+    return trial_run_dir(uri, rows[0]["trial"])

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raysl.io.storage import write_bytes
-
-if TYPE_CHECKING:
-    pass
 from raysl.report.experiment import Experiment
 
 # A trial's TensorBoard hparams (HParams view), one file per trial, rewritten by each report. Named to sort before

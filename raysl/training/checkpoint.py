@@ -3,7 +3,7 @@ was trained with, its input statistics, the backbone it holds (or an export dire
 into a new run's method (init_from). Pure torch: no Ray.
 
 `raysl eval`, `raysl export`, `raysl embed`, the Python API and the Trainer (init_from) all read checkpoints
-through these functions; raysl.export.formats writes exports (the files named here).
+through these functions; raysl.outputs.export writes exports (the files named here).
 """
 
 from __future__ import annotations
@@ -81,9 +81,8 @@ def checkpoint_input(state: dict[str, Any], run: RunConfig, where: str) -> dict[
     recorded = state.get("input")
     if isinstance(recorded, dict) and {"channels", "mean", "std"} <= set(recorded):
         return {"channels": int(recorded["channels"]), "mean": list(recorded["mean"]), "std": list(recorded["std"])}
+    from raysl.ingest.dataset import channels_of, read_manifest
     from raysl.ingest.resolve import resolve_data
-    from raysl.ingest.dataset import read_manifest
-    from raysl.ingest.dataset import channels_of
 
     try:
         manifest = read_manifest(resolve_data(run))

@@ -30,10 +30,9 @@ from torch import nn
 
 from raysl.config import EvaluationConfig, RunConfig
 from raysl.data.conditions import budget_indices, budget_name
-from raysl.data.labelsets import LabelSet, resolve_label_set
-from raysl.ingest.dataset import read_manifest
 from raysl.data.eval_images import EvalImages, balanced_rows, share_bounds
-from raysl.ingest.dataset import split_labels
+from raysl.data.labelsets import LabelSet, resolve_label_set
+from raysl.ingest.dataset import read_manifest, split_labels
 from raysl.methods.distributed import broadcast_buffers, gather_uneven, rank_and_world_size, sum_over_ranks
 from raysl.training.monitor import extract_features, knn_scores, topk_accuracy
 from raysl.training.probe import probe_accuracy, train_linear_probe

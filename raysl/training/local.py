@@ -15,13 +15,12 @@ import numpy as np
 import torch
 
 from raysl.config import RunConfig, ViewsConfig
-from raysl.ingest.dataset import read_manifest
-from raysl.views.encoded import views_of_rows
 from raysl.data.pretraining import PretrainingPlan, guarded_batches, in_memory_epoch_images, plan_pretraining
-from raysl.ingest.dataset import channels_of
-from raysl.views.batch import make_views
+from raysl.ingest.dataset import channels_of, read_manifest
 from raysl.training.evaluation import load_eval_sets
 from raysl.training.loop import EpochSession, Trainer, epoch_line, run_epochs
+from raysl.views.batch import make_views
+from raysl.views.encoded import views_of_rows
 
 
 def in_process_batches(

@@ -20,13 +20,20 @@ from torch import nn
 
 from raysl.config import RunConfig
 from raysl.ingest.shards import DamagedShardError
-from raysl.views.batch import normalize
+from raysl.io.storage import write_text
 from raysl.methods import build_method
 from raysl.methods.distributed import rank_and_world_size
-from raysl.io.storage import write_text
 from raysl.training.checkpoint import initialise_from
-from raysl.training.evaluation import EvalSet, FeatureOptions, eval_document, flat_metrics, full_evaluation, monitor_metrics
+from raysl.training.evaluation import (
+    EvalSet,
+    FeatureOptions,
+    eval_document,
+    flat_metrics,
+    full_evaluation,
+    monitor_metrics,
+)
 from raysl.training.monitor import embedding_std
+from raysl.views.batch import normalize
 
 COLLAPSE_SAMPLE = 1024  # query features the collapse signal (embedding_std) is measured on
 from raysl.training.optim import build_optimizer, build_scheduler

@@ -75,8 +75,8 @@ def _loaded(path: str, state: dict | None = None):
 def open_source(path: str, log=print) -> EmbedSource:
     """The backbone of `path` (an export or a checkpoint) with its input normalisation and run config; a
     UserError naming `path` when it is neither, or cannot be loaded."""
-    from raysl.export.formats import best_trial_run
     from raysl.io.storage import absolute_path, exists, is_remote
+    from raysl.report.leaderboard import best_trial_run
     from raysl.training.checkpoint import (
         MODEL_FILE,
         STATE_FILE,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from raysl.errors import UserError
+from raysl.report.leaderboard import best_trial_run
 from raysl.training.checkpoint import MODEL_FILE, STATE_FILE
 
 TORCHSCRIPT_FILE = "backbone.torchscript.pt"
@@ -42,26 +43,6 @@ def _onnxruntime():
     except ImportError as error:
         raise UserError(f"--format onnx needs onnx, onnxscript and onnxruntime ({error}): pip install 'raysl[onnx]'") from None
     return onnxruntime
-
-
-def best_trial_run(uri: str, log=print) -> str:
-    """A sweep's experiment directory (it holds leaderboard.csv) -> its best trial's run directory; else `uri`."""
-    import csv
-    import io
-
-    from raysl.io.storage import exists, read_text
-
-    uri = uri.rstrip("/")
-    if not exists(f"{uri}/leaderboard.csv"):
-        return uri
-    rows = [row for row in csv.DictReader(io.StringIO(read_text(f"{uri}/leaderboard.csv") or ""))
-            if row.get("knn_top1") not in (None, "", "nan")]
-    if not rows:
-        raise UserError(f"{uri}: a sweep without a scored trial (leaderboard.csv); export one trial's checkpoint instead")
-    log(f"{uri}: best trial {rows[0]['trial']} (knn_top1 {rows[0]['knn_top1']})")
-    from raysl.report.experiment import trial_run_dir
-
-    return trial_run_dir(uri, rows[0]["trial"])
 
 
 def export_backbone(checkpoint: str, out: str, formats: tuple[str, ...] = ("state_dict",), log=print) -> dict[str, Any]:

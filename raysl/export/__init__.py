@@ -1,5 +1,0 @@
-"""Results a user takes away, without Ray: a checkpoint's backbone exported in its library's own form
-(formats: state_dict, TorchScript, ONNX, with model.json and a parity check) and the pure half of `raysl embed`
-(embedding: which backbone, which rows, features per batch; ray_glue/embed.py runs it as Ray Data batch
-inference). Imports the stages below it (config, ingest, views, data, methods, training, report).
-"""
