@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import ray
 import torch
 import torch.nn.functional as F
 
+from conftest import connected
 from raysl.config import RunConfig
 from raysl.data.prepare import load_split, read_manifest
 from raysl.data.rows import EvalImages, channels_of, split_labels
@@ -132,13 +132,9 @@ def test_without_ray_running_embed_starts_its_own_and_stops_it_from_and_to_s3(tm
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
+def local_ray(shared_ray_address):
+    with connected(shared_ray_address):  # the session's Ray (conftest), disconnected after this module
         yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow
