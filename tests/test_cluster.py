@@ -24,7 +24,7 @@ import yaml
 from raysl.data.prepare import prepare
 from raysl.ray_glue.local_cluster import ROLE, LocalCluster
 from raysl.report import trial_run_dir
-from conftest import make_idx_source
+from conftest import make_idx_source, registered_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -261,11 +261,17 @@ def test_train_worker_sigkill_restarts_from_the_checkpoint_and_a_truncated_check
     run_dir = storage / "killed"
     log = tmp_path / "train.log"
     process = start_raysl("train", str(config), cluster=cluster, log=log)
-    wait_for(lambda: checkpoints(run_dir) and "[killed] epoch 1/3" in log.read_text(), 300, "epoch 1's checkpoint")
-    time.sleep(3)  # the report commits the checkpoint just after the upload; epoch 2 (~8 s) is under way
-    workers = list_actors(address=cluster.job_server, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert len(workers) == 1
-    os.kill(workers[0].pid, signal.SIGKILL)
+    # Ray Train has committed epoch 1's checkpoint (its snapshot names it), not merely uploaded it; epoch 2 (~8 s)
+    # is under way. Then the one live Train worker, once the State API lists it (polled, not a fixed wait).
+    wait_for(lambda: registered_checkpoint(run_dir) and "[killed] epoch 1/3" in log.read_text(), 300, "epoch 1's committed checkpoint")
+
+    def live_workers():
+        alive = list_actors(address=cluster.job_server, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        return alive if len(alive) == 1 else None
+
+    (worker,) = wait_for(live_workers, 60, "exactly one live RayTrainWorker")
+    assert process.poll() is None and "[killed] epoch 3/3" not in log.read_text(), "the run ended before the kill"
+    os.kill(worker.pid, signal.SIGKILL)
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     output = log.read_text()
     assert re.search(r"done: 3 epochs, .* resumed from the checkpoint of epoch [12]\)", output), output[-3000:]
@@ -299,6 +305,7 @@ def test_a_non_finite_trial_fails_clearly_and_the_sweep_goes_on(cluster, dataset
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1500)
 def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, dataset, tmp_path):
     """SIGKILL `raysl sweep` once one trial has finished and another is mid-run; `--resume` finishes the
     same 3 trials: the finished one is not re-run, the running one resumes from its checkpoint."""
@@ -342,6 +349,7 @@ def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, data
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1500)
 def test_a_node_removed_mid_sweep_its_trials_resume_elsewhere(dataset, tmp_path):
     """Remove the train node running a trial's Train worker (its raylet killed): the trial resumes on the
     other train node from its checkpoint and every trial completes (a retried trial that finished is
@@ -384,6 +392,7 @@ def test_a_node_removed_mid_sweep_its_trials_resume_elsewhere(dataset, tmp_path)
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1500)
 def test_a_12_trial_asha_sweep_with_2_slots_leaves_no_placement_group(cluster, dataset, tmp_path):
     from ray.util.state import list_placement_groups
 
