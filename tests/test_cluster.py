@@ -147,6 +147,18 @@ def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(fashion_mnis
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors, list_tasks
 
+    client = JobSubmissionClient(cluster.job_server)
+
+    def agent_ready():  # the head's job agent registers a little after the cluster is up ("No available agent")
+        try:
+            return client.submit_job(entrypoint="true")
+        except RuntimeError as error:
+            if "No available agent" in str(error):
+                return None
+            raise
+
+    probe = wait_for(agent_ready, 180, "the job server's agent", interval=2)
+    wait_for(lambda: client.get_job_status(probe).is_terminal(), 180, "the probe job to end")
     job_id = f"raysl-smoke-{os.getpid()}"
     storage = tmp_path / "results"
     command = [
@@ -158,7 +170,6 @@ def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(fashion_mnis
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **_cluster_env()})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    client = JobSubmissionClient(cluster.job_server)
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
     logs = client.get_job_logs(job_id)
     assert "leaderboard (best kNN top-1 per trial)" in logs and " started: " in logs  # the live view: a line per trial event (not a terminal)
