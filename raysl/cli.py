@@ -97,7 +97,8 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 # Never uploaded with a job's working dir (also listed in .rayignore): data and results travel through
 # shared storage, not inside the job package.
-SUBMIT_EXCLUDES = [".git", ".venv", ".gpu", ".whl", "results", "data", "*.parquet", "*.pt", "__pycache__", ".pytest_cache"]
+# Anchored at the working dir's root ("/data", not "data"): an unanchored "data" also matched raysl/data/.
+SUBMIT_EXCLUDES = ["/.git", "/.venv", "/.gpu", "/.whl", "/results", "/data", "*.parquet", "*.pt", "__pycache__", ".pytest_cache"]
 
 
 def submit_command(args: argparse.Namespace) -> list[str]:

@@ -15,6 +15,17 @@ import socket
 # later, per test, an earlier test's cached "disabled" made the cluster's GCS reject this process.)
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+# Ray's default temp dir, and in it the address file a bare `ray.init()` reads to join "the" local cluster
+# (/tmp/ray/ray_current_cluster): this session's own, for it and its subprocesses. Otherwise an embedded Ray that a
+# test wants (the README's API example, the S3 tests) joins whatever cluster last wrote /tmp/ray on this machine (seen:
+# another checkout's test cluster, "InvalidAuthToken"), and cluster_utils fails when /tmp/ray does not exist yet.
+# Short: Ray's socket paths under it must fit 107 characters.
+_OWN_RAY_TMPDIR = "RAY_TMPDIR" not in os.environ
+if _OWN_RAY_TMPDIR:
+    import tempfile
+
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"), exist_ok=True)
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +55,18 @@ def require_fashion_mnist() -> Path:
 @pytest.fixture
 def fashion_mnist() -> Path:
     return require_fashion_mnist()
+
+
+def registered_checkpoint(run_dir: Path) -> bool:
+    """Whether Ray Train's checkpoint manager snapshot in run_dir names a latest checkpoint: the checkpoint is
+    committed (a checkpoint directory can exist before the controller records it)."""
+    import json
+
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
 
 
 def collect_from(processes, queue, count: int, timeout: float) -> list:
@@ -121,6 +144,108 @@ def make_idx_source(directory: Path, train: int = 2000, test: int = 300) -> Path
         _write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return directory
+
+
+# ----------------------------------------------------------------------------- one Ray for the tests that need *a* Ray
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_head(cpus: int | None = None):
+    """A local Ray head of our own for the block; yields its address. `ray start --head --block` in a process group
+    of its own: `cpus` CPUs (default: the machine's, as an embedded Ray has), the dashboard on loopback (it runs the
+    cleaner of a stopped trial's placement group), token auth with this session's token (set above), the
+    environment of this process now (its workers inherit it: the S3 tests start theirs inside the S3 server's), and
+    its own temp dir, so its address file is not the one a bare `ray.init()` reads. Stopped by its process group
+    (SIGTERM, then SIGKILL); its raylet's workers exit with it."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import ray
+
+    root = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    log = open(f"{root}/head.log", "w")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+         "--node-ip-address=127.0.0.1", f"--num-cpus={cpus or os.cpu_count() or 2}", "--num-gpus=0",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
+         f"--temp-dir={root}/ray", "--disable-usage-stats", f"--object-store-memory={3 * 1024**3}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # up once a driver can connect
+            if head.poll() is not None:
+                pytest.fail(f"a Ray head exited {head.returncode}:\n{Path(root, 'head.log').read_text()[-3000:]}")
+            try:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+                break
+            except Exception:  # noqa: BLE001  (not listening yet)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        ray.shutdown()
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        # SIGTERM lets the raylet and GCS exit cleanly (`ray start --block` itself waits on); then SIGKILL the rest.
+        for signal_number, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, signal_number)
+                head.wait(wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_ray_address():
+    """One local Ray (ray_head) for the tests that need a Ray but not one of their own: their CLI subprocesses get
+    it as RAY_ADDRESS through the `ray_address` fixture; in-process fixtures connect with `connected(address)` and
+    disconnect at their end. Starting an embedded Ray costs 10-30 s on 2 busy cores; connecting, under a second.
+    Tests that need their own keep it: the multi-node clusters, the README's API example (about the embedded Ray),
+    object storage (its own head, inside the S3 server's environment)."""
+    with ray_head() as address:
+        yield address
+
+
+@pytest.fixture
+def ray_address(shared_ray_address, monkeypatch) -> str:
+    """RAY_ADDRESS of the shared Ray for this test: raysl commands it runs (subprocesses, or main() in this process)
+    connect to it instead of starting an embedded Ray each."""
+    monkeypatch.setenv("RAY_ADDRESS", shared_ray_address)
+    return shared_ray_address
+
+
+@contextlib.contextmanager
+def connected(address: str):
+    """This process connected to the Ray at `address` for the block, and disconnected after (the Ray runs on)."""
+    import logging
+
+    import ray
+
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -201,3 +326,11 @@ def encoded_dataset(variable_folder, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("encoded") / "prepared"
     prepare("image-folder", str(variable_folder), str(out), progress=False, workers=2)
     return str(out)
+
+
+def pytest_unconfigure(config):
+    """The session's Ray temp dir (made above) goes with the session."""
+    if _OWN_RAY_TMPDIR:
+        import shutil
+
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)

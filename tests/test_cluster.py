@@ -24,7 +24,7 @@ import yaml
 from raysl.ingest.prepare import prepare
 from raysl.ray_glue.local_cluster import ROLE, LocalCluster
 from raysl.report.experiment import trial_run_dir
-from conftest import make_idx_source
+from conftest import make_idx_source, registered_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +147,18 @@ def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(fashion_mnis
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors, list_tasks
 
+    client = JobSubmissionClient(cluster.job_server)
+
+    def agent_ready():  # the head's job agent registers a little after the cluster is up ("No available agent")
+        try:
+            return client.submit_job(entrypoint="true")
+        except RuntimeError as error:
+            if "No available agent" in str(error):
+                return None
+            raise
+
+    probe = wait_for(agent_ready, 180, "the job server's agent", interval=2)
+    wait_for(lambda: client.get_job_status(probe).is_terminal(), 180, "the probe job to end")
     job_id = f"raysl-smoke-{os.getpid()}"
     storage = tmp_path / "results"
     command = [
@@ -158,7 +170,6 @@ def test_ray_job_submit_runs_a_smoke_sweep_with_work_placed_by_role(fashion_mnis
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **_cluster_env()})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    client = JobSubmissionClient(cluster.job_server)
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
     logs = client.get_job_logs(job_id)
     assert "leaderboard (best kNN top-1 per trial)" in logs and " started: " in logs  # the live view: a line per trial event (not a terminal)
@@ -261,11 +272,17 @@ def test_train_worker_sigkill_restarts_from_the_checkpoint_and_a_truncated_check
     run_dir = storage / "killed"
     log = tmp_path / "train.log"
     process = start_raysl("train", str(config), cluster=cluster, log=log)
-    wait_for(lambda: checkpoints(run_dir) and "[killed] epoch 1/3" in log.read_text(), 300, "epoch 1's checkpoint")
-    time.sleep(3)  # the report commits the checkpoint just after the upload; epoch 2 (~8 s) is under way
-    workers = list_actors(address=cluster.job_server, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert len(workers) == 1
-    os.kill(workers[0].pid, signal.SIGKILL)
+    # Ray Train has committed epoch 1's checkpoint (its snapshot names it), not merely uploaded it; epoch 2 (~8 s)
+    # is under way. Then the one live Train worker, once the State API lists it (polled, not a fixed wait).
+    wait_for(lambda: registered_checkpoint(run_dir) and "[killed] epoch 1/3" in log.read_text(), 300, "epoch 1's committed checkpoint")
+
+    def live_workers():
+        alive = list_actors(address=cluster.job_server, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        return alive if len(alive) == 1 else None
+
+    (worker,) = wait_for(live_workers, 60, "exactly one live RayTrainWorker")
+    assert process.poll() is None and "[killed] epoch 3/3" not in log.read_text(), "the run ended before the kill"
+    os.kill(worker.pid, signal.SIGKILL)
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     output = log.read_text()
     assert re.search(r"done: 3 epochs, .* resumed from the checkpoint of epoch [12]\)", output), output[-3000:]
@@ -299,6 +316,7 @@ def test_a_non_finite_trial_fails_clearly_and_the_sweep_goes_on(cluster, dataset
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1500)
 def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, dataset, tmp_path):
     """SIGKILL `raysl sweep` once one trial has finished and another is mid-run; `--resume` finishes the
     same 3 trials: the finished one is not re-run, the running one resumes from its checkpoint."""
@@ -342,6 +360,7 @@ def test_sweep_driver_sigkill_then_resume_finishes_the_same_trials(cluster, data
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1500)
 def test_a_node_removed_mid_sweep_its_trials_resume_elsewhere(dataset, tmp_path):
     """Remove the train node running a trial's Train worker (its raylet killed): the trial resumes on the
     other train node from its checkpoint and every trial completes (a retried trial that finished is
@@ -384,6 +403,7 @@ def test_a_node_removed_mid_sweep_its_trials_resume_elsewhere(dataset, tmp_path)
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1500)
 def test_a_12_trial_asha_sweep_with_2_slots_leaves_no_placement_group(cluster, dataset, tmp_path):
     from ray.util.state import list_placement_groups
 

@@ -443,3 +443,34 @@ def test_rayjob_entrypoint_runs_a_sweep_file_of_the_repo():
     assert re.search(rf"^WORKDIR\s+{re.escape(runtime_env['working_dir'])}\s*$", dockerfile, re.MULTILINE)
     assert re.search(rf"^COPY\b.*\s{re.escape(Path(sweep).parts[0])}\s", dockerfile, re.MULTILINE)
     assert (REPO / sweep).is_file(), f"the RayJob's entrypoint names {sweep}, which is not in the repository"
+
+
+# ----------------------------------------------------------------------------- what `ray job submit --working-dir .` uploads
+
+
+def _job_package(excludes: list[str]) -> set[str]:
+    """The files Ray packs for `ray job submit --working-dir .` from this repository (its .gitignore and
+    .rayignore applied, and `excludes` as --runtime-env-json's), made the way Ray makes it, uploaded nowhere."""
+    import tempfile
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    with tempfile.TemporaryDirectory() as directory:
+        package = Path(directory) / "package.zip"
+        create_package(str(REPO), package, include_gitignore=True, excludes=excludes)
+        return set(zipfile.ZipFile(package).namelist())
+
+
+def _raysl_modules() -> set[str]:
+    return {str(path.relative_to(REPO)) for path in (REPO / "raysl").rglob("*.py") if "__pycache__" not in path.parts}
+
+
+@pytest.mark.parametrize("how", ["ray job submit --working-dir .", "raysl submit"])
+def test_the_job_package_holds_every_raysl_module(how):
+    from raysl.cli import SUBMIT_EXCLUDES
+
+    packed = _job_package(SUBMIT_EXCLUDES if how == "raysl submit" else [])
+    missing = sorted(_raysl_modules() - packed)
+    assert not missing, f"{how} leaves out {len(missing)} raysl modules, e.g. {missing[:3]}"
+    assert not [name for name in packed if name.startswith(("data/", "results/"))]  # what the excludes are for

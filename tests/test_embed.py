@@ -6,7 +6,6 @@ the errors a user can make are UserErrors naming the path, before Ray starts."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ import ray
 import torch
 import torch.nn.functional as F
 
+from conftest import connected
 from raysl.config import RunConfig
 from raysl.data.eval_images import EvalImages
 from raysl.errors import UserError
@@ -132,13 +132,9 @@ def test_without_ray_running_embed_starts_its_own_and_stops_it_from_and_to_s3(tm
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
+def local_ray(shared_ray_address):
+    with connected(shared_ray_address):  # the session's Ray (conftest), disconnected after this module
         yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import connected
 from raysl.config import RunConfig
 from raysl.ingest.dataset import read_manifest
 from raysl.data.pretraining import plan_pretraining
@@ -113,7 +114,7 @@ def test_a_zeroed_range_is_found_by_the_checksum(encoded_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_run_on_an_encoded_folder_and_a_damaged_shard(encoded_dataset, tmp_path):
+def test_ray_run_on_an_encoded_folder_and_a_damaged_shard(encoded_dataset, tmp_path, ray_address):
     # One real Ray Train run on the generated folder (views cropped by Ray Data's actors from the originals),
     # then the same run on a copy with a damaged shard: one failure naming the shard, no retry.
     config = _config(tmp_path, Path(encoded_dataset), epochs=2, name="good")
@@ -161,18 +162,13 @@ def test_a_fixed_shape_run_can_pool_an_encoded_dataset(encoded_dataset, tiny_dat
 
 
 @pytest.mark.slow
-def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset):
+def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset, shared_ray_address):
     # Through Ray Data as a Train worker reads it: views made by the actors (views.where: data), or the stored
     # files handed over and decoded by the worker (views.where: trainer; its CPU fallback here), each image
     # once per epoch either way.
-    import logging
+    from raysl.ray_glue.pipeline import build_view_dataset, configure_data_context, epochs_per_execution, view_batches
 
-    import ray
-
-    from raysl.ray_glue.pipeline import view_batches, build_view_dataset, configure_data_context, epochs_per_execution
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
+    with connected(shared_ray_address):  # the session's Ray (conftest)
         for where in ("data", "trainer"):
             run = _run(encoded_dataset, epochs=2, views={"crops": [{"count": 2, "size": 32}], "where": where})
             configure_data_context(run)
@@ -181,8 +177,6 @@ def test_ray_data_delivers_views_or_files_of_an_encoded_dataset(encoded_dataset)
             batches = list(view_batches(dataset, 50, run.views, torch.device("cpu"), plan))
             assert len(batches) == 16, where  # 2 epochs of 400 images in batches of 50
             assert all(len(views) == 2 and views[1].shape == (50, 3, 32, 32) for views in batches), where
-    finally:
-        ray.shutdown()
 
 
 def test_a_recorded_damaged_shard_clears_once_the_shard_is_repaired(encoded_dataset, tmp_path):

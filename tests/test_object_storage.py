@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_idx_source, moto_s3
+from conftest import make_idx_source, moto_s3, ray_head
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +27,11 @@ BUCKET = "raysl-test"
 
 @pytest.fixture(scope="module")
 def s3():
-    with moto_s3(BUCKET) as env:
-        yield env
+    """The S3 server, and one Ray head started inside its environment (its workers inherit the endpoint and the
+    keys) that every raysl command here connects to, instead of an embedded Ray each."""
+    with moto_s3(BUCKET) as env, ray_head() as address, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", address)
+        yield {**env, "RAY_ADDRESS": address}
 
 
 def keys(prefix: str) -> list[str]:
@@ -43,13 +47,16 @@ def read(key: str) -> str:
     return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
 
 
-def raysl(*args: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # embedded Ray
-    done = subprocess.run([sys.executable, "-m", "raysl", *args], capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+def raysl(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    # RAY_ADDRESS: the module's Ray head (the s3 fixture's, not the session's shared one), whose workers have the
+    # S3 server's environment
+    assert os.environ["RAY_ADDRESS"]
+    done = subprocess.run([sys.executable, "-m", "raysl", *args], capture_output=True, text=True, timeout=900, cwd=cwd)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
 
+@pytest.mark.timeout(1500)  # eight raysl commands, four of them on Ray
 def test_prepare_sweep_checkpoints_and_resume_on_s3(s3, tmp_path):
     data = f"s3://{BUCKET}/data/tiny"
     raysl("prepare", "mnist", str(make_idx_source(tmp_path / "idx", train=2000, test=300)), "--out", data, "--no-progress")
@@ -78,6 +85,14 @@ def test_prepare_sweep_checkpoints_and_resume_on_s3(s3, tmp_path):
     # The report, built at the sweep's end, is on S3 too.
     assert {"results/tiny/leaderboard.md", "results/tiny/plots/knn_per_epoch.png"} <= set(keys("results/tiny/"))
     assert "2 completed" in read("results/tiny/leaderboard.md")
+    # No best_backbone/ on object storage: the sweep prints the `raysl export` command, and that command works.
+    (printed,) = [line for line in done.stdout.splitlines() if line.startswith("best backbone: ")]
+    assert printed == f"best backbone: raysl export {experiment} --out best_backbone"
+    assert not [k for k in keys("results/tiny/best_backbone/")]
+    command = shlex.split(printed.removeprefix("best backbone: "))
+    raysl(*command[1:], cwd=tmp_path)
+    exported = json.loads((tmp_path / "best_backbone" / "model.json").read_text())
+    assert exported["checkpoint"].startswith(f"{experiment}/trial_{rows[0]['trial']}/checkpoint_"), exported["checkpoint"]
 
     # raysl eval on a checkpoint in S3 (the trial's run directory: its newest checkpoint) writes eval.json beside it.
     evaluated = raysl("eval", f"{experiment}/trial_{rows[0]['trial']}", "--set", "evaluation.budgets=[5, all]",

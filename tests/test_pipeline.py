@@ -4,13 +4,13 @@ each delivered view is one train image and can be told apart by its bytes. Real 
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 import numpy as np
 import pytest
 import ray
 
+from conftest import connected
 from raysl.config import RunConfig
 from raysl.ingest.dataset import load_split
 from raysl.data.pretraining import plan_pretraining
@@ -23,10 +23,9 @@ IDENTITY_VIEWS = {
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield
-    ray.shutdown()
+def local_ray(shared_ray_address):
+    with connected(shared_ray_address):  # the session's Ray (conftest), disconnected after this module
+        yield
 
 
 def _run(tiny_dataset: str, **data) -> RunConfig:
@@ -45,6 +44,7 @@ def _delivered(run: RunConfig, tiny_dataset: str) -> tuple[list[bytes], int]:
     return rows, plan.epoch_images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [None, 500])
 def test_one_execution_streams_every_epoch_each_image_once_per_epoch(local_ray, tiny_dataset, limit):
     run = _run(tiny_dataset, train_limit=limit)
@@ -56,6 +56,7 @@ def test_one_execution_streams_every_epoch_each_image_once_per_epoch(local_ray, 
     assert Counter(rows) == Counter({image.tobytes(): run.epochs for image in expected})
 
 
+@pytest.mark.slow
 def test_the_rows_of_a_batch_change_from_epoch_to_epoch(local_ray, tiny_dataset):
     # A batch's rows are each other's negatives: they must not be the same rows every epoch. With no local
     # shuffle buffer for small batches, that rests on the augmentation actor's fresh row order per block.
@@ -85,6 +86,7 @@ def test_the_rows_of_a_batch_change_from_epoch_to_epoch(local_ray, tiny_dataset)
     assert len(first & second) / len(first) < 0.4
 
 
+@pytest.mark.slow
 def test_a_plan_that_mixes_keeps_one_execution_per_epoch(local_ray, tiny_dataset):
     # A 300-image subset repeated to the full split: a global shuffle per epoch, so one epoch per execution.
     run = _run(tiny_dataset, subset={"count": 300, "epoch_size": "full"})
@@ -94,6 +96,7 @@ def test_a_plan_that_mixes_keeps_one_execution_per_epoch(local_ray, tiny_dataset
     assert len(counts) == 300 and counts.min() >= 6 and counts.max() <= 7  # 2000 / 300, largest remainder
 
 
+@pytest.mark.slow
 def test_views_made_by_the_trainer_come_from_decoded_images(local_ray, tiny_dataset):
     # views.where: trainer: Ray Data delivers the images (each once per epoch) and the Train worker's batch
     # generator makes the views itself; identity views must give back the images.

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import registered_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# The session's shared Ray (conftest.ray_address): every raysl command here connects to it through RAY_ADDRESS.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_address")]
 
 SMALL_RUN = {
     "model": {"width": 8, "projector_hidden": 32, "projector_out": 16},
@@ -87,15 +90,6 @@ def test_asha_sweep_end_to_end(tiny_dataset, tmp_path):
     assert "knn_top1" in trained.stdout and trained.stdout.strip().splitlines()[-1].startswith(str(tmp_path / "best"))
 
 
-def _registered_checkpoint(run_dir: Path) -> bool:
-    """Whether Ray Train's checkpoint manager snapshot in run_dir names a latest checkpoint."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return False
-    return bool(snapshot.get("latest_checkpoint_result"))
-
-
 def test_killed_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
     run = {**SMALL_RUN, "data": {"path": tiny_dataset}, "epochs": 4, "storage_path": str(tmp_path), "name": "killme"}
     config = tmp_path / "run.yaml"
@@ -105,7 +99,7 @@ def test_killed_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
     deadline = time.monotonic() + 300
     # Kill once Ray Train has registered a checkpoint (its snapshot names one), not merely when a checkpoint
     # directory appears: epochs take ~1 s here, and a directory can exist before the controller records it.
-    while not _registered_checkpoint(tmp_path / "killme") and time.monotonic() < deadline:
+    while not registered_checkpoint(tmp_path / "killme") and time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
         time.sleep(0.2)
     assert process.poll() is None, "the run finished before it could be killed"

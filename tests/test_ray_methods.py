@@ -14,7 +14,7 @@ import yaml
 
 from tests.test_ray_integration import SMALL_RUN, raysl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_address")]  # the session's shared Ray (conftest)
 
 
 def leaderboard(experiment: Path) -> list[dict]:

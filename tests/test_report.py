@@ -96,14 +96,15 @@ def produced(experiment: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def real_experiment(tiny_dataset, tmp_path_factory) -> Path:
-    """The quickstart sweep's smoke version (two one-epoch trials) run through the CLI, in this process."""
+def real_experiment(tiny_dataset, tmp_path_factory, shared_ray_address) -> Path:
+    """The quickstart sweep's smoke version (two one-epoch trials) run through the CLI, in this process, on the
+    session's shared Ray (conftest)."""
     from raysl.cli import main
 
     overrides = [f"base.data.path={tiny_dataset}", f"storage_path={tmp_path_factory.mktemp('report-sweep')}"]
     output = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
-        patch.delenv("RAY_ADDRESS", raising=False)  # an embedded local Ray
+        patch.setenv("RAY_ADDRESS", shared_ray_address)
         patch.setenv("RAY_AIR_NEW_OUTPUT", "0")  # run_sweep sets it; restored afterwards
         code = main(["sweep", str(QUICKSTART), "--smoke", *[arg for item in overrides for arg in ("--set", item)]])
     assert code == 0, output.getvalue()[-3000:]

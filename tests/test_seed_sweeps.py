@@ -1,7 +1,7 @@
 """The seed setups as sweep files: sweeps/imagenet100-moco.yaml and imagenet100-logo-moco.yaml validate as
 shipped (ResNet-18, 224 px, GPU workers, CPU augmentation nodes), and run with --smoke through real Ray on
 the generated variable-size folder, on CPU (the GPU and node-label resources and the crop sizes overridden:
-CI has 2 cores and no GPU)."""
+CI has 2 cores and no GPU). The --smoke runs take minutes each: marked `cluster` (`make test-cluster`)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ def test_seed_sweeps_validate_as_shipped(name):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster  # minutes each (ResNet-18 on 64 px crops, a final evaluation): `make test-cluster`, not `make test`
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", SEEDS)
-def test_seed_sweeps_run_with_smoke_on_the_generated_folder(name, encoded_dataset, tmp_path):
+def test_seed_sweeps_run_with_smoke_on_the_generated_folder(name, encoded_dataset, tmp_path, ray_address):
     overrides = [*ON_CPU, f"base.data.path={encoded_dataset}", f"storage_path={tmp_path / 'results'}"]
     if "logo" in name:
         overrides.append("base.views.crops.1.size=32")
@@ -56,10 +58,11 @@ def test_seed_sweeps_run_with_smoke_on_the_generated_folder(name, encoded_datase
     with open(experiment / "leaderboard.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(row["status"] == "completed" for row in rows)
-    assert all(0.0 <= float(row["knn_top1"]) <= 1.0 for row in rows)
     trials = sorted(experiment.glob("trial_*"))
     assert len(trials) == 2
-    for trial in trials:
-        result_lines = (trial / "result.json").read_text().splitlines()
+    for row in rows:
+        result_lines = (experiment / f"trial_{row['trial']}" / "result.json").read_text().splitlines()
         last = json.loads(result_lines[-1])
         assert last["knn_epoch"] == 1 and "eval/prepared:label/all/probe_top1" in last  # evaluation.final
+        # one smoke epoch of ResNet-18 need not beat chance here; the leaderboard must hold the trial's own figure
+        assert float(row["knn_top1"]) == pytest.approx(last["knn_top1"], abs=1e-4) and 0.0 <= last["knn_top1"] <= 1.0

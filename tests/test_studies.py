@@ -14,7 +14,7 @@ from raysl.cli import main
 pytestmark = pytest.mark.slow
 
 
-def test_conditions_pool_corruption_and_final_evaluation(tiny_dataset, mnist_5k, tmp_path, capsys):
+def test_conditions_pool_corruption_and_final_evaluation(tiny_dataset, mnist_5k, tmp_path, capsys, ray_address):
     parity = tmp_path / "parity.yaml"
     parity.write_text(yaml.safe_dump({"name": "parity", "groups": {"even": ["0", "2", "4", "6", "8"], "odd": ["1", "3", "5", "7", "9"]}}))
     config = tmp_path / "run.yaml"

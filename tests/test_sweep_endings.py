@@ -51,7 +51,7 @@ def _leaderboard(experiment: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_a_sweep_cut_by_its_time_budget_says_so_and_every_trial_has_hparams(tiny_dataset, tmp_path):
+def test_a_sweep_cut_by_its_time_budget_says_so_and_every_trial_has_hparams(tiny_dataset, tmp_path, ray_address):
     sweep = _sweep_file(tmp_path, tiny_dataset, epochs=500, time_budget_minutes=2.0, max_concurrent_trials=2,
                         scheduler={"name": "asha", "grace_period": 100})
     result = subprocess.run([sys.executable, "-m", "raysl", "sweep", str(sweep)], capture_output=True, text=True,
@@ -77,7 +77,7 @@ def _first_epoch_reported(experiment: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_marks_trials_interrupted_and_resume_finishes_them(tiny_dataset, tmp_path):
+def test_ctrl_c_exits_130_marks_trials_interrupted_and_resume_finishes_them(tiny_dataset, tmp_path, ray_address):
     sweep = _sweep_file(tmp_path, tiny_dataset, epochs=6)
     experiment = tmp_path / "results" / "ends"
     process = subprocess.Popen([sys.executable, "-m", "raysl", "sweep", str(sweep)], cwd=tmp_path, text=True,
@@ -131,7 +131,7 @@ def _plugin_tags(events: Path, plugin: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_trial_whose_loss_goes_nan_fails_alone_without_a_checkpoint_in_its_own_loop(tiny_dataset, tmp_path):
+def test_a_trial_whose_loss_goes_nan_fails_alone_without_a_checkpoint_in_its_own_loop(tiny_dataset, tmp_path, ray_address):
     sweep = _sweep_file(tmp_path, tiny_dataset, epochs=2, max_concurrent_trials=2,
                         search={"optimizer.lr": {"grid": [0.01, 1e6]}})
     result = subprocess.run([sys.executable, "-m", "raysl", "sweep", str(sweep)], capture_output=True, text=True,
