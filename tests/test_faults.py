@@ -86,9 +86,9 @@ def test_submit_builds_the_documented_ray_job_submit_line():
     assert command[:5] == ["ray", "job", "submit", "--address", "http://127.0.0.1:8265"]
     assert command[command.index("--working-dir") + 1] == "."
     assert command[command.index("--") + 1:] == ["raysl", "sweep", "sweeps/quickstart.yaml", "--set", "name=x", "--smoke"]
-    assert {"results", "data", ".venv", "*.parquet"} <= set(SUBMIT_EXCLUDES)
+    assert {"/results", "/data", "/.venv", "*.parquet"} <= set(SUBMIT_EXCLUDES)  # anchored: "data" would drop raysl/data/
     ignored = (REPO / ".rayignore").read_text().split()
-    assert {"results/", "data/", ".venv/", "*.parquet"} <= set(ignored)
+    assert {"/results/", "/data/", "/.venv/", "*.parquet"} <= set(ignored)
 
 
 def test_leaderboard_status_names_the_non_finite_epoch_and_step():
