@@ -13,10 +13,8 @@ from collections.abc import Callable
 import pyarrow.fs as pafs
 
 from raysl.errors import UserError
-from raysl.ingest import encoded
 from raysl.ingest.dataset import KINDS, has_manifest
-from raysl.ingest.folder import plan_image_folder
-from raysl.ingest.prepare import prepare
+from raysl.ingest.prepare import auto_folder_mode, prepare
 from raysl.ingest.write import DEFAULT_SOURCES
 from raysl.io.storage import join_uri, open_filesystem
 
@@ -70,8 +68,4 @@ def ensure_prepared(
 def _folder_mode(source: str, image_size: int | None) -> str:
     """The storage `prepare` gives an image folder with its defaults (--mode auto, seed 0): pixels with
     --image-size, else what the auto rule resolves from the folder's sampled headers."""
-    if image_size is not None:
-        return "pixels"
-    plan = plan_image_folder(source)
-    filesystem, _ = open_filesystem(source)
-    return encoded.choose_folder_mode(filesystem, [candidate.path for candidate in plan.candidates], 0, None)[0]
+    return "pixels" if image_size is not None else auto_folder_mode(source)[0]

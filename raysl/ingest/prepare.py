@@ -32,6 +32,15 @@ DEFAULT_MAX_SIDE = encoded.DEFAULT_MAX_SIDE
 DEFAULT_QUALITY = encoded.DEFAULT_QUALITY
 
 
+def auto_folder_mode(source: str, *, seed: int = 0, workers: int | None = None, unlabeled: bool = False,
+                     classes: str | None = None) -> tuple[str, str]:
+    """(mode, why): the storage `--mode auto` gives an image folder, from the headers of a seeded sample of the
+    files it would prepare (encoded.choose_folder_mode). Also what names an image folder's first-use cache."""
+    plan = plan_image_folder(source, unlabeled=unlabeled, classes_file=classes, workers=workers)
+    filesystem, _ = open_filesystem(source)
+    return encoded.choose_folder_mode(filesystem, [candidate.path for candidate in plan.candidates], seed, workers)
+
+
 def prepare(
     kind: str, source: str | None, out: str, *, image_size: int | None = None, test_fraction: float = 0.1,
     seed: int = 0, strict: bool = False, download: bool = False, workers: int | None = None,
@@ -87,10 +96,8 @@ def prepare(
     elif mode != "auto":
         why = f"--mode {mode}"
     else:
-        plan = plan_image_folder(resolve_source(kind, source, download), unlabeled=unlabeled, classes_file=classes,
-                                 workers=workers)
-        source_filesystem, _ = open_filesystem(source)
-        mode, why = encoded.choose_folder_mode(source_filesystem, [c.path for c in plan.candidates], seed, workers)
+        mode, why = auto_folder_mode(resolve_source(kind, source, download), seed=seed, workers=workers,
+                                     unlabeled=unlabeled, classes=classes)
     if mode == "encoded":
         return _prepare_encoded(
             kind, source, out, why=why, test_fraction=test_fraction, seed=seed, strict=strict, workers=workers,
