@@ -119,8 +119,6 @@ SchedulerConfig = Annotated[Union[ASHAConfig, FIFOConfig, PBTConfig], Field(disc
 # per-set monitor figures knn_top1/<dataset>:<label set> and, after the last epoch only, the final evaluation's
 # eval/<dataset>:<label set>/<budget>/<knn_top1|knn_top5|probe_top1|probe_top5>.
 EPOCH_METRICS = {"knn_top1": "max", "loss": "min", "images_per_s": "max", "embedding_std": "max"}
-
-
 FINAL_METRIC = re.compile(r"eval/[^/]+:[^/]+/[^/]+/(knn_top1|knn_top5|probe_top1|probe_top5)")
 
 

@@ -179,8 +179,6 @@ class EvaluationConfig(Schema):
 
 # Kubernetes-style label syntax, as Ray checks node labels and label selectors.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-
-
 _LABEL_KEY = rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}"
 
 

@@ -21,8 +21,6 @@ KINDS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "parqu
 ENCODED_KINDS = ("parquet", "webdataset")  # prepare-only sources: run configs cannot name them
 MODES = ("auto", "encoded", "pixels")
 FORMAT_VERSION = 1
-
-
 MANIFEST_NAME = "manifest.json"
 
 

@@ -24,8 +24,6 @@ from raysl.ingest.folder import HELD_OUT_ORDER, SPLIT_FOLDER_NAMES
 from raysl.io.storage import open_filesystem
 
 SHUFFLE_BUFFER = 1024
-
-
 SPLIT_PREFIX = re.compile(r"^(train|validation|val|test)(?=[-_.]|$)", re.IGNORECASE)
 
 

@@ -28,11 +28,7 @@ class Candidate:
 
 
 SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
-
-
 HELD_OUT_ORDER = ("val", "validation", "test")  # the first usable one is raysl's labelled `test` split
-
-
 LISTING_THREADS = 16  # listing is I/O-bound (object stores: one request per folder)
 
 

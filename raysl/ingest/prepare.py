@@ -27,8 +27,6 @@ from raysl.ingest.write import (
 from raysl.io.storage import open_filesystem
 
 DEFAULT_MAX_SIDE = encoded.DEFAULT_MAX_SIDE
-
-
 DEFAULT_QUALITY = encoded.DEFAULT_QUALITY
 
 

@@ -23,16 +23,12 @@ FASHION_MNIST_CLASSES = [
 
 
 MNIST_CLASSES = [str(digit) for digit in range(10)]
-
-
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-
-
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "F"}) | SIXTEEN_BIT_MODES
 
 

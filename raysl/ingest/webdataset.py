@@ -17,8 +17,6 @@ from raysl.ingest.external import ExternalPlan, Unit, finish_plan, list_inputs, 
 from raysl.io.storage import join_uri
 
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
-
 WDS_LABEL_EXTENSIONS = ("cls", "json", "txt")
 
 

@@ -26,11 +26,7 @@ from raysl.ingest.source import SourceData, SplitData, resize_all
 from raysl.io.storage import open_filesystem
 
 DEFAULT_SOURCES = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}  # Debian package dataset-fashion-mnist
-
-
 ROWS_PER_SHARD = 10_000
-
-
 MAX_SHARD_BYTES = 512 * 2**20  # fewer rows per shard for large images
 
 

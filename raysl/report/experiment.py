@@ -23,17 +23,9 @@ from raysl.errors import UserError
 from raysl.io.storage import exists, list_dirs, list_files, read_text
 
 METRIC = "knn_top1"
-
-
 SET_PREFIX = f"{METRIC}/"
-
-
 EVAL_ALL = re.compile(r"eval/([^/]+)/all/(\w+)")
-
-
 FAILED_LOSS = re.compile(r"loss became (\S+) at epoch (\d+), step (\d+)")
-
-
 ERROR_NAME = re.compile(r"\b(\w+(?:Error|Exception))\b")
 
 

@@ -21,8 +21,6 @@ except ImportError:  # PIL decodes everything then
 from raysl.views.geometry import REDUCTIONS, Box
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-
-
 BACKEND = "simplejpeg" if simplejpeg is not None else "pil"
 
 
