@@ -48,6 +48,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def smoke_machine():
+    """The machine a --smoke run is fitted to: this one for an embedded Ray; None on a cluster (RAY_ADDRESS), whose
+    nodes the config already describes (a smoke there keeps its resources and only shrinks its sizes)."""
+    return None if os.environ.get("RAY_ADDRESS") else local_node()
+
+
 def _kind_check(source: ConfigSource, wanted: str) -> None:
     if isinstance(source, (RunConfig, SweepConfig)):
         kind = "sweep" if isinstance(source, SweepConfig) else "run"
@@ -132,7 +138,7 @@ def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
 
     overrides = list(overrides)
     _kind_check(config, "sweep")
-    spec = load_sweep_config(config, overrides, smoke=smoke)
+    spec = load_sweep_config(config, overrides, smoke=smoke, machine=smoke_machine() if smoke else None)
     for note in spec.notes:
         log(note)
     check_gpu(spec.base, "base.resources")
@@ -198,7 +204,8 @@ def train(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
     from raysl.training.checkpoint import find_checkpoint
 
     _kind_check(config, "run")
-    run = load_run_config(config, list(overrides), smoke=smoke).with_absolute_paths(os.getcwd())
+    run = load_run_config(config, list(overrides), smoke=smoke, machine=smoke_machine() if smoke else None)
+    run = run.with_absolute_paths(os.getcwd())
     for note in run.notes():
         log(note)
     check_gpu(run, "resources")

@@ -43,18 +43,25 @@ def command_prepare(args: argparse.Namespace) -> None:
 def command_validate(args: argparse.Namespace) -> None:
     kind = detect_file_kind(read_yaml(args.config))
     if kind == "sweep":
-        sweep = load_sweep_config(args.config, args.set, smoke=args.smoke)
+        sweep = load_sweep_config(args.config, args.set, smoke=args.smoke, machine=_smoke_machine(args))
         _log_notes(sweep.notes)
         run = sweep.base
         what = f"valid sweep config ({sweep.trial_count} trials, {len(sweep.search)} searched keys)"
         _validate_packing(sweep, args.cluster)
     else:
-        run = load_run_config(args.config, args.set, smoke=args.smoke)
+        run = load_run_config(args.config, args.set, smoke=args.smoke, machine=_smoke_machine(args))
         _log_notes(run.notes())
         what = "valid run config"
     validate_prepared(run.with_absolute_paths(os.getcwd()), checksum=args.verify_data, log=_log)
     validate_init_from(run.with_absolute_paths(os.getcwd()), f"{args.config}: {'base.' if kind == 'sweep' else ''}", log=_log)
     _log(f"{args.config}: {what}")
+
+
+def _smoke_machine(args: argparse.Namespace):
+    """validate --smoke checks what `raysl sweep --smoke` would run: fitted to this machine, unless --cluster."""
+    from raysl.api import smoke_machine
+
+    return smoke_machine() if args.smoke and not getattr(args, "cluster", None) else None
 
 
 def _validate_packing(sweep, cluster: str | None) -> None:
@@ -222,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("config", help="YAML file")
         command.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (value is YAML); repeatable")
-        command.add_argument("--smoke", action="store_true", help="a few hundred images, one epoch (two trials for a sweep)")
+        command.add_argument("--smoke", action="store_true", help="a few hundred images, one epoch (two trials for a sweep), resources and crops fitted to this machine")
         command.add_argument("--verify-data", action="store_true",
                              help="also check every shard's sha256 against the manifest (reads every byte; sizes are always checked)")
         command.set_defaults(handler=handler)

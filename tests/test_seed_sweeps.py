@@ -1,7 +1,7 @@
 """The seed setups as sweep files: sweeps/imagenet100-moco.yaml and imagenet100-logo-moco.yaml validate as
 shipped (ResNet-18, 224 px, GPU workers, CPU augmentation nodes), and run with --smoke through real Ray on
-the generated variable-size folder, on CPU (the GPU and node-label resources and the crop sizes overridden:
-CI has 2 cores and no GPU). The --smoke runs take minutes each: marked `cluster` (`make test-cluster`)."""
+the generated variable-size folder, with no --set but the data and storage: --smoke fits the GPU workers, node
+labels and crop sizes to this machine (2 cores, no GPU) and says so in one line. The --smoke runs take minutes each: marked `cluster` (`make test-cluster`)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,6 @@ from raysl.config import load_sweep_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ["imagenet100-moco.yaml", "imagenet100-logo-moco.yaml"]
-ON_CPU = [
-    "base.resources.workers=1", "base.resources.gpus_per_worker=0", "base.resources.cpus_per_worker=0.5",
-    "base.resources.data_actors=1", "base.resources.data_cpus=0.25", "base.resources.torch_threads=1",
-    "base.resources.augment_on=null", "base.resources.train_on=null", "base.views.crops.0.size=64",
-    "base.evaluation.image_size=64", "base.evaluation.probe.epochs=5", "base.batch_size=128",
-]
-
-
 @pytest.mark.parametrize("name", SEEDS)
 def test_seed_sweeps_validate_as_shipped(name):
     sweep = load_sweep_config(ROOT / "sweeps" / name)
@@ -46,14 +38,13 @@ def test_seed_sweeps_validate_as_shipped(name):
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", SEEDS)
 def test_seed_sweeps_run_with_smoke_on_the_generated_folder(name, encoded_dataset, tmp_path, ray_address):
-    overrides = [*ON_CPU, f"base.data.path={encoded_dataset}", f"storage_path={tmp_path / 'results'}"]
-    if "logo" in name:
-        overrides.append("base.views.crops.1.size=32")
+    overrides = [f"base.data.path={encoded_dataset}", f"storage_path={tmp_path / 'results'}"]
     args = [sys.executable, "-m", "raysl", "sweep", str(ROOT / "sweeps" / name), "--smoke"]
     for override in overrides:
         args += ["--set", override]
     result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    assert sum(line.startswith("--smoke: fitted to this machine") for line in result.stdout.splitlines()) == 1
     experiment = Path(result.stdout.strip().splitlines()[-1])
     with open(experiment / "leaderboard.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -1,7 +1,7 @@
 """From a YAML file, a dict or a config object to a validated RunConfig / SweepConfig: `--set` overrides,
 `--smoke`, keys saved by older versions.
 
-Imports raysl.config's run, sweep and overrides modules and raysl.errors.
+Imports raysl.config's run, sweep, smoke and overrides modules and raysl.errors.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from raysl.config.overrides import parse_overrides, set_dotted, validation_message
 from raysl.config.run import RunConfig
-from raysl.config.sweep import SearchDistribution, SweepConfig, check_search_space, rung_notes
+from raysl.config.smoke import Machine, fit_to_machine, smoke_run, smoke_search, smoke_sweep_data
+from raysl.config.sweep import SweepConfig, check_search_space, rung_notes
 from raysl.errors import UserError
 
 
@@ -47,24 +48,6 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[
     return data
 
 
-SMOKE_RUN = {
-    "epochs": 1,
-    "data.train_limit": 512,
-    "evaluation.bank_limit": 1000,
-    "evaluation.query_limit": 500,
-    "schedule.warmup_epochs": 0,
-}
-
-
-def _smoke_run(data: dict[str, Any]) -> dict[str, Any]:
-    for key, value in SMOKE_RUN.items():
-        set_dotted(data, key, value, source="--smoke")
-    batch = data.get("batch_size", RunConfig.model_fields["batch_size"].default)
-    if isinstance(batch, int) and batch > 256:
-        data["batch_size"] = 256
-    return data
-
-
 def config_data(source: str | os.PathLike | dict[str, Any] | BaseModel) -> dict[str, Any]:
     """A config's plain data from a YAML file's path, a dict (copied) or a config object (the Python API)."""
     if isinstance(source, BaseModel):
@@ -79,30 +62,38 @@ def _name_of(source: Any) -> str:
 
 
 def load_run_config(source: str | os.PathLike | dict[str, Any] | BaseModel, overrides: list[str] | None = None,
-                    smoke: bool = False) -> RunConfig:
-    """A validated run config (with --set overrides, --smoke) from a file, a dict or a RunConfig."""
+                    smoke: bool = False, machine: Machine | None = None) -> RunConfig:
+    """A validated run config (with --set overrides, --smoke) from a file, a dict or a RunConfig. With `smoke` and
+    a `machine`, its resources and sizes are also fitted to that machine (run.smoke_note says how)."""
     path = _name_of(source)
     data = _apply_overrides(config_data(source), overrides)
     if smoke:
-        data = _smoke_run(data)
+        data = smoke_run(data)
     try:
-        return RunConfig.model_validate(data)
+        run = RunConfig.model_validate(data)
     except ValidationError as error:
         raise UserError(f"{path}: invalid run config\n{validation_message(error)}") from None
+    if smoke and machine is not None:
+        run, note = _fitted(run, machine, 1, path)
+        run._smoke_note = note
+    return run
+
+
+def _fitted(run: RunConfig, machine: Machine, trials_at_once: int, path: str) -> tuple[RunConfig, str | None]:
+    try:
+        return fit_to_machine(run, machine, trials_at_once)
+    except ValidationError as error:
+        raise UserError(f"{path}: --smoke cannot fit this config to {machine.name}\n{validation_message(error)}") from None
 
 
 def load_sweep_config(source: str | os.PathLike | dict[str, Any] | BaseModel, overrides: list[str] | None = None,
-                      smoke: bool = False) -> SweepConfig:
-    """A validated sweep config (with --set overrides, --smoke) from a file, a dict or a SweepConfig."""
+                      smoke: bool = False, machine: Machine | None = None) -> SweepConfig:
+    """A validated sweep config (with --set overrides, --smoke) from a file, a dict or a SweepConfig. With `smoke`
+    and a `machine`, its base's resources and sizes are also fitted to that machine (said in the notes)."""
     path = _name_of(source)
     data = _apply_overrides(config_data(source), overrides)
     if smoke:
-        base = data.get("base")
-        if base is None or isinstance(base, dict):
-            data["base"] = _smoke_run(dict(base or {}))
-        data["num_samples"] = 1
-        data["max_concurrent_trials"] = 2
-        data["scheduler"] = {"name": "fifo"}
+        data = smoke_sweep_data(data)
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as error:
@@ -112,26 +103,16 @@ def load_sweep_config(source: str | os.PathLike | dict[str, Any] | BaseModel, ov
         ]
         hint = f"\n  ({', '.join(misplaced)}: run fields of a sweep go under base:, e.g. base.{misplaced[0]})" if misplaced else ""
         raise UserError(f"{path}: invalid sweep config\n{validation_message(error)}{hint}") from None
+    if smoke and machine is not None:
+        base, note = _fitted(sweep.base, machine, sweep.max_concurrent_trials or 1, path)
+        sweep = sweep.model_copy(update={"base": base})
     notes = check_search_space(sweep, str(path)) + rung_notes(sweep)
     if smoke:
-        sweep = _smoke_search(sweep)
+        sweep = smoke_search(sweep)
+        if machine is not None and note:
+            notes.insert(0, note)
     sweep._notes = notes
     return sweep
-
-
-def _smoke_search(sweep: SweepConfig) -> SweepConfig:
-    """Two trials: the first two values of the first searched key (or two seeds when nothing is searched);
-    with Optuna, two trials Optuna draws from the same distributions (its search runs as in the full sweep)."""
-    if sweep.search_alg == "optuna":
-        return sweep.model_copy(update={"num_samples": 2})
-    search = {}
-    if sweep.search:
-        key, distribution = next(iter(sweep.search.items()))
-        values = distribution.values_to_check()
-        search[key] = SearchDistribution(grid=(values * 2)[:2])
-    else:
-        search["seed"] = SearchDistribution(grid=[sweep.base.seed, sweep.base.seed + 1])
-    return sweep.model_copy(update={"search": search})
 
 
 def legacy_stem(config: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from raysl.config.base import Schema
 from raysl.config.data import DataConfig
@@ -18,6 +18,8 @@ from raysl.config.training import EvaluationConfig, OptimizerConfig, ResourcesCo
 
 class RunConfig(Schema):
     """One pretraining run: what `raysl train` takes and what a sweep's `base` holds."""
+
+    _smoke_note: str | None = PrivateAttr(default=None)  # set by load_run_config(smoke=True, machine=...)
 
     seed: int = 0
     """Seeds the initial weights (the same on every rank) and each rank's random draws."""
@@ -166,8 +168,8 @@ class RunConfig(Schema):
                                        "init_from": absolute(self.init_from)})
 
     def notes(self) -> list[str]:
-        """Things allowed but worth a line in the log."""
-        notes = []
+        """Things allowed but worth a line in the log (first, how --smoke fitted the run to this machine)."""
+        notes = [self._smoke_note] if self._smoke_note else []
         if self.method.name.startswith("logo-"):
             r_g = min(spec.scale[0] for spec in self.views.crops if spec.role == "global")
             r_l = max(spec.scale[1] for spec in self.views.crops if spec.role == "local")
