@@ -227,22 +227,32 @@ def train(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, 
         except (NonFiniteLossError, CheckpointError) as error:
             raise UserError(f"training failed: {error}") from None
         return TrainResult(path, _last_metrics(path), _newest_checkpoint(path, find_checkpoint))
-    with ray_session(quiet=False, log=log):
-        import ray.train
+    from raysl.ray_glue.run_log import local_log_path, run_log
+    from raysl.ray_glue.trainer import run_directory
 
-        from raysl.ray_glue.pipeline import configure_data_context
-        from raysl.ray_glue.trainer import build_trainer, failure_summary, run_directory
+    run_dir = run_directory(storage, run.name)
+    log_path = local_log_path(run_dir, run.name)
+    # Ray's own output (its workers', its logging, its retries' tracebacks) goes to the run's log; the screen gets
+    # the start, one line per epoch (rank 0's "[name] epoch ..."), and the end or one error naming the log.
+    with run_log(log_path, screen_prefixes=[f"[{run.name}] "]) as screen:
+        log(f"run '{run.name}': {run.epochs} epoch(s), {run.resources.workers} Train worker(s); Ray's output: {log_path}")
+        with ray_session(quiet=False, log=log):
+            import ray.train
 
-        configure_data_context(run)
-        trainer = build_trainer(
-            run, data_uri, storage_path=storage, name=run.name, git_commit=git_commit(), label=run.name, pool_uris=pool_uris
-        )
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as error:
-            raise UserError(
-                f"training failed: {failure_summary(error)}\n(run directory: {run_directory(storage, run.name)})"
-            ) from None
+            from raysl.ray_glue.pipeline import configure_data_context
+            from raysl.ray_glue.failure_policy import failure_summary
+            from raysl.ray_glue.trainer import build_trainer
+
+            configure_data_context(run)
+            trainer = build_trainer(
+                run, data_uri, storage_path=storage, name=run.name, git_commit=git_commit(), label=run.name, pool_uris=pool_uris
+            )
+            try:
+                result = trainer.fit()
+            except ray.train.TrainingFailedError as error:
+                raise UserError(
+                    f"training failed: {failure_summary(error)}\n(run directory: {run_dir}; Ray's output: {screen.path})"
+                ) from None
     return TrainResult(result.path, dict(result.metrics or {}), result.checkpoint.path if result.checkpoint else None)
 
 

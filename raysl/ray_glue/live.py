@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.tune import ProgressReporter
 
+from raysl.report.experiment import error_cause
+
 STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "TERMINATED": "stopped", "ERROR": "failed"}
 
 
@@ -37,10 +39,11 @@ def interactive_output() -> bool:
 
 class LiveView(ProgressReporter):
     def __init__(self, *, search_keys: list[str], metric: str, mode: str, max_epochs: int, trial_count: int,
-                 time_budget_s: float | None, interactive: bool, refresh_s: float = 2.0):
+                 time_budget_s: float | None, interactive: bool, refresh_s: float = 2.0, log_path: str | None = None):
         self.search_keys, self.metric, self.mode = search_keys, metric, mode
         self.max_epochs, self.trial_count, self.time_budget_s = max_epochs, trial_count, time_budget_s
         self.interactive, self.refresh_s = interactive, refresh_s
+        self.log_path = log_path  # Ray's output; a failed trial's line names it
         self._start = time.monotonic()
         self._last_draw = 0.0
         self._drawn_lines = 0
@@ -133,9 +136,20 @@ class LiveView(ProgressReporter):
                              f"loss {_text(result.get('loss'))}, {_text(result.get('images_per_s'))} img/s")
             if status in ("TERMINATED", "ERROR") and (before is None or before[0] != status):
                 ended = "failed" if status == "ERROR" else "completed" if epoch >= self.max_epochs else "stopped"
-                lines.append(f"trial {trial.trial_id} {ended} after {epoch} epoch{'s' if epoch != 1 else ''}"
-                             f" ({self._eta(trials)})")
+                line = f"trial {trial.trial_id} {ended} after {epoch} epoch{'s' if epoch != 1 else ''}"
+                if status == "ERROR":
+                    line += f": {self._cause(trial)}"
+                lines.append(f"{line} ({self._eta(trials)})")
         return lines
+
+    def _cause(self, trial) -> str:
+        """Why a trial failed, in one line (its error.txt; Ray's traces stay there and in the sweep's log)."""
+        try:
+            text = trial.get_error()
+        except Exception:  # the error file not on storage (yet)
+            text = None
+        where = f"error.txt in trial_{trial.trial_id}" + (f", Ray's output in {self.log_path}" if self.log_path else "")
+        return f"{error_cause(text)} ({where})" if text else f"see {where}"
 
     def _draw(self, trials) -> None:
         header = ["trial", *(key.rsplit(".", 1)[-1] for key in self.search_keys), f"best {self.metric}", "epochs", "status"]

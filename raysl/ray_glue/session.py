@@ -38,6 +38,21 @@ def _quiet_raylet_noise(worker_module) -> object:
     return original
 
 
+PIN_ADDRESS = "raysl.ray_glue.session.pin_cluster_address"
+
+
+def pin_cluster_address() -> None:
+    """Every worker process of an embedded Ray knows its own cluster's address (RAY_ADDRESS).
+
+    Ray Train's PlacementGroupCleaner (it frees a trial's placement group when ASHA stops the trial) asks the State
+    API, which finds "the" local cluster by looking for GCS processes on the machine: with a second Ray on the same
+    machine (another sweep, a test cluster) it raised "Found multiple active Ray instances", and the stopped trial's
+    placement group was never freed. Run in each worker at start-up (runtime_env's worker_process_setup_hook)."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 @contextmanager
 def ray_session(*, quiet: bool = False, log=print):
     """RAY_ADDRESS's cluster (also set under `ray job submit`), else an embedded local Ray with the dashboard on
@@ -61,7 +76,7 @@ def ray_session(*, quiet: bool = False, log=print):
                 quiet_notice = _TokenAuthOnByDefault()
                 notice.addFilter(quiet_notice)
                 try:
-                    ray.init(include_dashboard=True, **options)
+                    ray.init(include_dashboard=True, runtime_env={"worker_process_setup_hook": PIN_ADDRESS}, **options)
                 finally:
                     notice.removeFilter(quiet_notice)
         yield

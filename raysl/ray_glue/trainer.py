@@ -14,6 +14,7 @@ from raysl.config import RunConfig
 from raysl.data.pretraining import (
     plan_pretraining,
 )
+from raysl.ray_glue import failure_policy
 from raysl.ray_glue.pipeline import datasets_to_split, view_dataset_or_damage
 from raysl.ray_glue.worker import DAMAGED_MARKER, loop_config_of, train_loop_per_worker
 
@@ -21,18 +22,6 @@ from raysl.ray_glue.worker import DAMAGED_MARKER, loop_config_of, train_loop_per
 def run_directory(storage_path: str, name: str) -> str:
     """Where Ray Train keeps a run's checkpoints (and raysl its nonfinite.txt): storage_path/name."""
     return f"{storage_path.rstrip('/')}/{name}"
-
-
-def failure_summary(error: BaseException) -> str:
-    """The user-facing cause of a failed Train run: each failed rank's last error line, not Ray's frames."""
-    failures = getattr(error, "worker_failures", None) or {}
-    causes = failures.items() if failures else [(None, getattr(error, "controller_failure", error))]
-    lines = []
-    for rank, failure in sorted(causes, key=lambda item: -1 if item[0] is None else item[0]):
-        text = [line.strip() for line in str(failure).strip().splitlines() if line.strip()]
-        last = text[-1] if text else type(failure).__name__
-        lines.append(f"rank {rank}: {last}" if rank is not None else last)
-    return "; ".join(dict.fromkeys(lines))
 
 
 def build_trainer(
@@ -47,6 +36,7 @@ def build_trainer(
     pool_uris: list[str] | tuple[str, ...] = (),
 ) -> ray.train.torch.TorchTrainer:
     resources = run.resources
+    failure_policy.install()  # a damaged shard, a non-finite loss, a config error: raised, the worker group not restarted
     plan = plan_pretraining(run, data_uri, pool_uris)
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker}

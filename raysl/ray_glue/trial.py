@@ -18,7 +18,8 @@ from raysl.ingest.resolve import resolve_pool
 from raysl.io.storage import absolute_path
 from raysl.ray_glue.in_trial import run_in_trial, trial_resources
 from raysl.ray_glue.pipeline import configure_data_context
-from raysl.ray_glue.trainer import build_trainer, failure_summary, run_directory
+from raysl.ray_glue.failure_policy import failure_summary
+from raysl.ray_glue.trainer import build_trainer, run_directory
 from raysl.ray_glue.worker import raise_recorded_failure
 
 

@@ -22,22 +22,23 @@ from raysl.errors import UserError
 from raysl.io.storage import absolute_path, delete_file, exists, list_dirs, write_text
 from raysl.ray_glue.live import LiveView, interactive_output
 from raysl.ray_glue.loggers import KeepLocalCSV, KeepLocalJson, RestoreHint, ScalarsOnlyTBX
+from raysl.ray_glue.run_log import local_log_path, run_log
 from raysl.ray_glue.search import build_scheduler, build_search_alg, to_tune
 from raysl.ray_glue.sweep_end import export_best, print_leaderboard, write_best_config
 from raysl.ray_glue.trial import experiment_path, trial_trainable
 from raysl.report.build import build_report
-from raysl.report.experiment import ASHA_STOPS, ENDING_FILE, load_experiment
+from raysl.report.experiment import ASHA_STOPS, ENDING_FILE, error_cause, load_experiment
 from raysl.report.leaderboard import leaderboard_rows as report_rows
 
 SWEEP_FILE = "sweep.yaml"  # the validated sweep config, beside Tune's files in the experiment directory
 
 
-def _reporter(sweep: SweepConfig) -> LiveView:
+def _reporter(sweep: SweepConfig, log_path: str | None = None) -> LiveView:
     """One table redrawn in place on a terminal, one line per trial event elsewhere (raysl.ray_glue.live)."""
     return LiveView(
         search_keys=list(sweep.search), metric=sweep.metric, mode=sweep.resolved_mode, max_epochs=sweep.max_epochs,
         trial_count=sweep.trial_count, time_budget_s=sweep.time_budget_minutes * 60 if sweep.time_budget_minutes else None,
-        interactive=interactive_output(),
+        interactive=interactive_output(), log_path=log_path,
     )
 
 
@@ -89,15 +90,24 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output path: it prints through progress_reporter
     # Trials run in their own working directories: resolve a relative storage path here, once.
     sweep = sweep.model_copy(update={"storage_path": absolute_path(sweep.storage_path)})
-    trainable = trial_trainable(sweep, data_uri, git_commit)
     if resume:
         name = latest_experiment_name(sweep)
-        path = experiment_path(sweep, name)
-        log(f"resuming sweep at {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         name = fresh_experiment_name(sweep)
-        path = experiment_path(sweep, name)
+    path = experiment_path(sweep, name)
+    # Ray's and Tune's own output (trial tracebacks, retries, warnings) goes to the sweep's log; the screen keeps
+    # the live view, the leaderboard and raysl's lines, each failed trial's cause among them.
+    with run_log(local_log_path(path, name)) as screen:
+        said = f"resuming sweep at {path}" if resume else f"sweep '{name}': {sweep.trial_count} trials, results in {path}"
+        log(f"{said}; Ray's output: {screen.path}")
+        return _run(sweep, data_uri, name, path, git_commit=git_commit, resume=resume, log=log, log_path=screen.path)
+
+
+def _run(sweep: SweepConfig, data_uri: str, name: str, path: str, *, git_commit: str, resume: bool, log, log_path: str) -> SweepOutcome:
+    trainable = trial_trainable(sweep, data_uri, git_commit)
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
         tuner = tune.Tuner(
             trainable,
             param_space={"search": {key: to_tune(d) for key, d in sweep.search.items()}},
@@ -123,14 +133,13 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
                 # the donor's next epoch would otherwise have deleted before the exploiting trial restarts from it
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=None if sweep.pbt_keys else sweep.base.checkpoints_to_keep),
-                progress_reporter=_reporter(sweep),
+                progress_reporter=_reporter(sweep, log_path),
                 callbacks=[ScalarsOnlyTBX(), KeepLocalJson(), KeepLocalCSV()],
                 verbose=1,
             ),
         )
         write_text(f"{path}/{SWEEP_FILE}", dump_yaml(sweep))  # what `raysl report` reads: search keys, epochs
         write_corruption_samples(sweep, data_uri, path, log)
-        log(f"sweep '{name}': {sweep.trial_count} trials, results in {path}")
     delete_file(f"{path}/{ENDING_FILE}")  # until this run of the sweep ends: trials left RUNNING were killed
     if isinstance(sweep.scheduler, ASHAConfig) and not resume:
         write_text(f"{path}/{ASHA_STOPS}", "{}\n")  # there: ASHA's stops are recorded (none yet)
@@ -176,8 +185,8 @@ def run_sweep(sweep: SweepConfig, data_uri: str, *, git_commit: str, resume: boo
     created = sum(trial.created for trial in experiment.trials)  # the leaderboard also lists those never created
     if failed and len(failed) == created and not interrupted:
         raise UserError(
-            f"all {created} trials failed; the first error:\n{_error_summary(failed[0].error)}\n"
-            f"(full traces: error.txt in the trial directories under {path})"
+            f"all {created} trials failed; the first: {error_cause(str(failed[0].error))}\n"
+            f"(full traces: error.txt in the trial directories under {path}; Ray's output: {log_path})"
         )
     return SweepOutcome(path, rows, interrupted, best)
 
@@ -189,9 +198,3 @@ def write_corruption_samples(sweep: SweepConfig, data_uri: str, path: str, log=p
         if key.startswith("data.corruption"):
             settings += [apply_assignment(sweep.base, {key: value}).data.corruption for value in distribution.values_to_check()]
     save_corruption_samples(data_uri, settings, f"{path}/plots/corruption_samples.png", log)
-
-
-def _error_summary(error: BaseException) -> str:
-    """The last lines of a trial's error: the user-facing cause, not Ray's wrapping frames."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return "\n".join(lines[-3:])

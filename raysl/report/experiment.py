@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from raysl.config import ASHAConfig, SweepConfig
-from raysl.errors import UserError
+from raysl.errors import UserError, out_of_memory
 from raysl.io.storage import exists, list_dirs, list_files, read_text
 
 METRIC = "knn_top1"
@@ -263,6 +263,32 @@ def _main_set(sweep: SweepConfig | None, trials: list[Trial]) -> str | None:
     # Else the dataset with a label set besides `label` is the main one (pooled datasets report `label` only).
     coarse = {name.split(":", 1)[0] for name in monitored if ":" in name and not name.endswith(":label")}
     return f"{coarse.pop()}:label" if len(coarse) == 1 else None
+
+
+ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(\w+(?:Error|Exception))(?:\([^)]*\))?: ?(.*)$")
+SENTINELS = ("DamagedShardError", "NonFiniteLossError", "CheckpointError", "UserError")  # raysl's own: their text says it all
+
+
+def error_cause(text: str) -> str:
+    """A failed trial's cause in one line, from its error text (a traceback, or Ray's wrapping of one): raysl's own
+    error's message when one is in it (it names the file, field or shard and what to do), else the last error line,
+    without module paths or frames."""
+    if advice := out_of_memory(text or ""):
+        return advice
+    lines = [line.rstrip() for line in (text or "").splitlines()]
+    found = []  # (index, type name, message start)
+    for index, line in enumerate(lines):
+        match = ERROR_LINE.match(line.strip())
+        if match and not line.startswith((" ", "\t")):
+            found.append((index, match[1], match[2]))
+    if not found:
+        rest = [line.strip() for line in lines if line.strip()]
+        return rest[-1] if rest else "failed"
+    ours = [item for item in found if item[1] in SENTINELS]
+    index, name, start = (ours or found)[-1]
+    message = [start.strip()] + [line.strip() for line in lines[index + 1:] if line.strip() and not ERROR_LINE.match(line.strip())]
+    text = " ".join(part for part in message if part)
+    return text if name in SENTINELS and text else f"{name}: {text}" if text else name
 
 
 def error_status(text: str) -> str:
