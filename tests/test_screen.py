@@ -86,7 +86,7 @@ def test_a_damaged_shard_through_ray_ends_in_one_raysl_error_and_no_restart(tiny
 @pytest.mark.slow
 def test_a_non_finite_loss_through_ray_ends_in_one_raysl_error_and_no_restart(tiny_dataset, tmp_path, ray_address):
     results = tmp_path / "results"
-    nan = train(tmp_path, tiny_dataset, "nan", max_failures=2, optimizer={"name": "sgd", "lr": 1e8})
+    nan = train(tmp_path, tiny_dataset, "nan", max_failures=2, optimizer={"name": "sgd", "lr": 1e6})
     assert nan.returncode == 2, nan.stdout[-3000:] + nan.stderr[-3000:]
     errors = nan.stderr.strip().splitlines()
     assert len(errors) == 2 and errors[0].startswith("error: training failed: rank 0: loss became") and "optimizer.lr" in errors[0]
