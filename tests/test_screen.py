@@ -4,6 +4,7 @@ tracebacks, retries) went. A damaged shard or a non-finite loss is not retried: 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,18 @@ def test_the_failure_policy_retries_a_killed_worker_but_not_raysl_errors():
     assert policy.make_decision(group_error(RuntimeError("worker died"))) == FailureDecision.RETRY
     assert policy.make_decision(group_error(RuntimeError("worker died"))) == FailureDecision.RAISE  # max_failures spent
     assert install() and install()  # idempotent, and Ray's layout is the one it patches
+
+
+def test_an_error_inside_ray_becomes_one_raysl_error_naming_the_log(tmp_path, capsys):
+    from raysl.errors import UserError
+    from raysl.ray_glue.run_log import run_log
+
+    log = tmp_path / "raysl.log"
+    with pytest.raises(UserError) as caught:
+        with run_log(str(log)) as screen:
+            screen.say("run 'x': 1 epoch(s)")
+            os.write(2, b"(TrainController pid=1) chatter\n")  # what Ray writes to the process's stderr
+            raise RuntimeError("The current node timed out during startup.")
+    assert str(caught.value) == f"Ray failed: RuntimeError: The current node timed out during startup.\n(the trace and Ray's output: {log})"
+    kept = log.read_text()
+    assert "chatter" in kept and "Traceback" in kept and "chatter" not in capsys.readouterr().err

@@ -7,9 +7,11 @@ created", "Reporting training result ...", Ray Data's "Progress bars disabled" a
 lines reach the screen through `say`, and `sys.stdout` is the screen (the sweep's live view prints to it). A worker
 line that starts with one of `screen_prefixes` (a run's `[name] epoch ...` lines) is shown once on the screen,
 without Ray's `(RayTrainWorker pid=...)` prefix (Ray Train forwards a worker's print twice); every forwarded line is also kept in the log. On exit, the
-descriptors and sys.stdout are put back, so the error that ends a command prints on the screen, naming the log.
+descriptors and sys.stdout are put back, so the error that ends a command prints on the screen, naming the log; an
+exception other than raysl's UserError (Ray failing to start, an error inside Ray) leaves its trace in the log and
+becomes one UserError naming it.
 
-Imports only Ray (ray._private.worker.print_to_stdstream, which the driver looks up for each forwarded batch).
+Imports raysl.errors and Ray (ray._private.worker.print_to_stdstream, which the driver looks up for each forwarded batch).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import io
 import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+
+from raysl.errors import UserError, out_of_memory
 
 LOG_NAME = "raysl.log"
 DUPLICATE_WINDOW_S = 60.0
@@ -91,6 +96,13 @@ def run_log(path: str, screen_prefixes: Sequence[str] = ()) -> Iterator[RunLog]:
     worker_module.print_to_stdstream = print_to_stdstream
     try:
         yield log
+    except UserError:
+        raise
+    except Exception as error:  # anything else Ray raised here: its trace in the log, one line on the screen
+        log_file.write(traceback.format_exc())
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        cause = out_of_memory(str(error)) or f"{type(error).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+        raise UserError(f"Ray failed: {cause}\n(the trace and Ray's output: {path})") from None
     finally:
         worker_module.print_to_stdstream = forward
         for stream in (sys.stdout, sys.stderr):
