@@ -11,7 +11,7 @@ class UserError(Exception):
     """
 
 
-MEMORY_USE = re.compile(r"Memory on the node .*? was (\d[\d.]*\s*[KMGT]?B) / (\d[\d.]*\s*[KMGT]?B)")
+MEMORY_USE = re.compile(r"Memory on the node .*? was (\d[\d.]*\s*[KMGT]?B)(?: used)? / (\d[\d.]*\s*[KMGT]?B)")
 OUT_OF_MEMORY = "killed by Ray's out-of-memory monitor"
 
 

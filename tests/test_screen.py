@@ -170,3 +170,18 @@ def test_an_error_inside_ray_becomes_one_raysl_error_naming_the_log(tmp_path, ca
     assert str(caught.value) == f"Ray failed: RuntimeError: The current node timed out during startup.\n(the trace and Ray's output: {log})"
     kept = log.read_text()
     assert "chatter" in kept and "Traceback" in kept and "chatter" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_kill_ends_in_one_raysl_error_that_says_what_to_change(tiny_dataset, tmp_path, monkeypatch):
+    """Ray's memory monitor told that 5% of the memory is the limit kills a process of the run (the Train controller
+    or worker, whichever it picks): the screen says so in one raysl error, with what to change and the log."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # an embedded Ray of its own, started with these settings
+    monkeypatch.setenv("RAY_memory_usage_threshold", "0.05")
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "250")
+    killed = train(tmp_path, tiny_dataset, "oom", epochs=1)
+    assert killed.returncode == 2, killed.stdout[-3000:] + killed.stderr[-3000:]
+    errors = killed.stderr.strip().splitlines()
+    assert len(errors) == 2 and "killed by Ray's out-of-memory monitor (the node used" in errors[0], killed.stderr
+    assert "lower batch_size" in errors[0] and errors[1].endswith(f"{tmp_path / 'results' / 'oom' / 'raysl.log'})")
+    assert_clean(killed.stdout + killed.stderr)
