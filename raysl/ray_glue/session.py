@@ -6,6 +6,8 @@ import logging
 import os
 from contextlib import contextmanager
 
+from raysl.errors import UserError
+
 
 class _TokenAuthOnByDefault(logging.Filter):
     """Drops Ray's notice that token authentication is on by default for a local cluster Ray starts: it is on
@@ -77,6 +79,10 @@ def ray_session(*, quiet: bool = False, log=print):
                 notice.addFilter(quiet_notice)
                 try:
                     ray.init(include_dashboard=True, runtime_env={"worker_process_setup_hook": PIN_ADDRESS}, **options)
+                except Exception as error:  # e.g. "The current node timed out during startup" on overloaded cores
+                    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+                    raise UserError(f"Ray did not start here: {lines[-1] if lines else type(error).__name__} "
+                                    "(its logs: the session_latest/logs folder of Ray's temp dir, /tmp/ray by default)") from None
                 finally:
                     notice.removeFilter(quiet_notice)
         yield
