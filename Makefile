@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: quickstart test test-fast test-cluster bench data clean
+.PHONY: quickstart test test-fast test-cluster soak bench data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,14 +27,20 @@ data:
 quickstart: $(VENV)/.installed data
 	$(VENV)/bin/raysl sweep sweeps/quickstart.yaml
 
-# Everything but the longest multi-node and seed-sweep runs (marked `cluster`): what CI runs. The 15 slowest
+# Everything but the longest multi-node and seed-sweep runs (marked `cluster`) and the chaos soak (`soak`): what CI runs. The 15 slowest
 # tests are listed at the end (docs/tests.md has the figures).
 test: $(VENV)/.installed
-	$(PY) -m pytest -m "not cluster" --durations=15
+	$(PY) -m pytest -m "not cluster and not soak" --durations=15
 
 # The longest runs: driver SIGKILL + --resume, a node removed mid-sweep, a 12-trial ASHA sweep, the seed sweeps' --smoke.
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -m cluster --durations=15
+
+# The chaos soak (tests/test_soak.py, marker `soak`): a 1 + 6 node local cluster, data on a local S3 server, a 24-trial
+# ASHA sweep of two methods while nodes, Train workers and augmentation actors are killed for 10 minutes (then the
+# driver, and --resume); prints its table. About 45 minutes on 2 cores. RAYSL_SOAK_MINUTES shortens it.
+soak: $(VENV)/.installed data
+	$(PY) -m pytest -m soak -s --durations=5
 
 # The speed benchmarks (docs/performance.md), one after another; each prints its table. Not tests.
 # About 45 minutes on 2 cores; run nothing else meanwhile: the figures are side-by-side ratios.
