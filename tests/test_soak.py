@@ -204,7 +204,7 @@ def trained_epochs(cluster: LocalCluster, trial_ids: set[str]) -> collections.Co
 def audit_experiment(soak: dict, name: str) -> dict:
     """Everything the checks read: per trial its status, reported epochs (result.json, TensorBoard) and problems,
     every checkpoint loaded, epochs trained twice; the best kNN."""
-    from raysl.report.experiment import load_experiment
+    from raysl.report.experiment import ASHA_STOPS, load_experiment
     from raysl.training.checkpoint import backbone_of_state, load_checkpoint
 
     local = local_copy(soak, name)
@@ -215,6 +215,7 @@ def audit_experiment(soak: dict, name: str) -> dict:
     state = json.loads(max(local.glob("experiment_state-*.json")).read_text())
     named = {info["trial_id"]: info["relative_logdir"] for info in
              (json.loads(entry[0] if isinstance(entry, list) else entry) for entry in state["trial_data"])}
+    stops = json.loads((local / ASHA_STOPS).read_text()) if (local / ASHA_STOPS).exists() else {}
     trials, problems, loaded, unloadable = {}, [], 0, []
     for row in rows:
         trial, status = row["trial"], row["status"]
@@ -232,6 +233,8 @@ def audit_experiment(soak: dict, name: str) -> dict:
             problems.append(f"{trial}: the leaderboard says {row['epochs']} epochs, {directory.name}/result.json {last}")
         if (status == "completed") != (last == EPOCHS) or (status.startswith("stopped") and not 1 <= last < EPOCHS):
             problems.append(f"{trial}: status {status!r} but {last} of {EPOCHS} epochs reported")
+        if status.startswith("stopped early (ASHA)") and trial not in stops:  # else the status is a guess (trial_status)
+            problems.append(f"{trial}: {status!r} but not in {ASHA_STOPS}, where the sweep records ASHA's stops")
         run_dir = local / "train" / trial  # a TorchTrainer's checkpoints; a loop in the trial keeps them beside result.json
         for checkpoint in checkpoints(run_dir if run_dir.is_dir() else directory):
             try:
